@@ -1,0 +1,155 @@
+# kmem: a kernel-style memory manager for MicroPython.
+#
+# The seed API (kmalloc, kfree, kernel stacks, mm_struct / vm_area_struct)
+# over a real TLSF allocator. Module functions act on a default Heap, made by
+# init() or on first use; every Heap offers the same functions as methods.
+from .structs import (
+    VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP, VM_GROWSDOWN,
+    PAGE_SIZE, VM_AREA_STRUCT, MM_STRUCT,
+)
+from .kheap import Heap, CorruptionError
+
+__version__ = "0.1.0"
+
+_heap = None
+
+
+def init(size=32768, base=None, align=4):
+    """(Re)create the default heap and return it."""
+    global _heap
+    _heap = None  # let the old arena be collected before the new one is made
+    _heap = Heap(size, base, align)
+    return _heap
+
+
+def heap():
+    """The default heap (a 32 KiB one is created on first use)."""
+    return _heap or init()
+
+
+# The API on the default heap; see Heap for each function's contract.
+def kmalloc(size):
+    return heap().kmalloc(size)
+
+
+def kzalloc(size):
+    return heap().kzalloc(size)
+
+
+def kcalloc(n, size):
+    return heap().kcalloc(n, size)
+
+
+def krealloc(ptr, size):
+    return heap().krealloc(ptr, size)
+
+
+def kfree(ptr):
+    return heap().kfree(ptr)
+
+
+def ksize(ptr):
+    return heap().ksize(ptr)
+
+
+def allocate_kernel_stack(size):
+    return heap().allocate_kernel_stack(size)
+
+
+def kernel_stack_top(stack):
+    return heap().kernel_stack_top(stack)
+
+
+def free_kernel_stack(stack):
+    return heap().free_kernel_stack(stack)
+
+
+def mm_create():
+    return heap().mm_create()
+
+
+def mm_destroy(mm):
+    return heap().mm_destroy(mm)
+
+
+def mmap_region(mm, start, length, flags):
+    return heap().mmap_region(mm, start, length, flags)
+
+
+def munmap(mm, start, length):
+    return heap().munmap(mm, start, length)
+
+
+def mprotect(mm, start, length, flags):
+    return heap().mprotect(mm, start, length, flags)
+
+
+def find_vma(mm, addr):
+    return heap().find_vma(mm, addr)
+
+
+def brk(mm, new_end):
+    return heap().brk(mm, new_end)
+
+
+def access_ok(mm, addr, length, flags):
+    return heap().access_ok(mm, addr, length, flags)
+
+
+def vma_list(mm):
+    return heap().vma_list(mm)
+
+
+def mm_dump(mm):
+    return heap().mm_dump(mm)
+
+
+def memset(ptr, value, n):
+    return heap().memset(ptr, value, n)
+
+
+def memcpy(dst, src, n):
+    return heap().memcpy(dst, src, n)
+
+
+def view(ptr, n=None):
+    return heap().view(ptr, n)
+
+
+def addressof(ptr):
+    return heap().addressof(ptr)
+
+
+def vma(ptr):
+    return heap().vma(ptr)
+
+
+def mm(ptr):
+    return heap().mm(ptr)
+
+
+def stats():
+    return heap().stats()
+
+
+def check():
+    return heap().check()
+
+
+def walk():
+    return heap().walk()
+
+
+def debug(on=True):
+    return heap().debug(on)
+
+
+__all__ = (
+    "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED", "VM_GROWSUP", "VM_GROWSDOWN",
+    "PAGE_SIZE", "VM_AREA_STRUCT", "MM_STRUCT", "Heap", "CorruptionError",
+    "init", "heap", "kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "ksize",
+    "allocate_kernel_stack", "kernel_stack_top", "free_kernel_stack",
+    "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect", "find_vma",
+    "brk", "access_ok", "vma_list", "mm_dump", "memset", "memcpy", "view",
+    "addressof", "vma", "mm", "stats", "check", "walk", "debug",
+)

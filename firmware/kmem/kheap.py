@@ -1,0 +1,304 @@
+# class Heap: the kernel-style API over one TLSF arena.
+#
+# This layer turns kernel addresses into arena offsets, validates every
+# argument before the arena is touched (so bad input never changes the heap),
+# and prints the seed's debug messages. The allocator work itself happens in
+# the viper functions of tlsf.py.
+import uctypes
+from micropython import const
+from . import tlsf, vm
+from .tlsf import KIND_PLAIN, KIND_STACK, KIND_NAMES, CorruptionError
+from .structs import VM_AREA_STRUCT, MM_STRUCT, VMA_SIZE, MM_SIZE
+
+_NATIVE_LIMIT = const(0x40000000)  # real addresses below this are small ints
+_UNIX_BASE = const(0x20000000)  # default base when the real address is large
+_MIN_ARENA = const(512)
+_FREED_WITH = ("kfree", "free_kernel_stack", "mm_destroy", "munmap")
+
+
+def _is_null(ptr):
+    return ptr is None or (isinstance(ptr, int) and ptr == 0)
+
+
+def _need_int(value, what):
+    if not isinstance(value, int):
+        raise TypeError("%s must be an int, not %s" % (what, type(value).__name__))
+
+
+def _need_size(value, what="size"):
+    _need_int(value, what)
+    if value < 0:
+        raise ValueError("%s must be >= 0, got %d" % (what, value))
+
+
+class Heap:
+    """A TLSF heap over its own bytearray arena. Addresses are base + offset."""
+
+    def __init__(self, size=32768, base=None, align=4):
+        _need_int(size, "size")
+        _need_int(align, "align")
+        if not _MIN_ARENA <= size <= tlsf.MAX_ARENA:
+            raise ValueError("size must be %d..%d bytes" % (_MIN_ARENA, tlsf.MAX_ARENA))
+        if align not in (4, 8, 16):
+            raise ValueError("align must be 4, 8 or 16")
+        granule = 16 if align == 16 else 8
+        arena = bytearray(size)
+        if base is None:
+            base = uctypes.addressof(arena)
+            if base >= _NATIVE_LIMIT:
+                base = _UNIX_BASE
+        _need_int(base, "base")
+        if base <= 0 or base % granule or base + size > 0x100000000:
+            raise ValueError(
+                "base must be a positive multiple of %d with base + size <= 2**32" % granule)
+        tlsf.format(arena, 4 if granule == 16 else 3)
+        self.arena = arena
+        self.base = base
+        self.size = size
+        self.align = align
+        self._debug = False
+
+    def __repr__(self):
+        return "<Heap %d bytes at 0x%08x>" % (self.size, self.base)
+
+    # ---- address checks --------------------------------------------------------
+
+    def _offset(self, ptr, fn):
+        # Arena offset of a kernel address, or -1 when it is outside the arena.
+        if not isinstance(ptr, int):
+            raise TypeError("%s: pointer must be an int or None" % fn)
+        off = ptr - self.base
+        return off if 0 <= off < self.size else -1
+
+    def _bad_pointer(self, ptr, fn, code, want=KIND_PLAIN):
+        if code == -2:
+            kind = tlsf.kind_of(self.arena, ptr - self.base)
+            return ValueError("%s: 0x%08x is a %s; free it with %s()"
+                              % (fn, ptr, KIND_NAMES[kind], _FREED_WITH[kind]))
+        return ValueError("%s: 0x%08x is not the start of a live %s"
+                          % (fn, ptr, KIND_NAMES[want]))
+
+    def _expect(self, ptr, kind, fn):
+        """ptr as an int if it starts a live block of that kind, else ValueError."""
+        off = -1 if ptr is None else self._offset(ptr, fn)
+        found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
+        if found != kind:
+            raise self._bad_pointer(0 if ptr is None else ptr, fn,
+                                    -2 if found >= 0 else -1, kind)
+        return ptr
+
+    def _span(self, ptr, n, fn):
+        # Offset of ptr when [ptr, ptr+n) lies inside one live block.
+        _need_size(n, "n")
+        off = -1 if ptr is None else self._offset(ptr, fn)
+        start = tlsf.block_containing(self.arena, off) if off >= 0 else -1
+        if start < 0:
+            raise ValueError("%s: 0x%08x is not inside a live block" % (fn, ptr or 0))
+        end = start + tlsf.usable(self.arena, start)
+        if off + n > end:
+            raise ValueError("%s: %d bytes at 0x%08x run past the end of the block (0x%08x)"
+                             % (fn, n, ptr, self.base + end))
+        return off
+
+    # ---- allocation --------------------------------------------------------------
+
+    def _alloc(self, size, kind):
+        # The one allocation path; the argument is already validated.
+        off = tlsf.malloc(self.arena, min(size, self.size), kind)
+        if not off:
+            if self._debug:
+                print("Memory allocation failed")
+            return None
+        if self._debug:
+            print("Memory allocated: %d bytes at 0x%08x" % (size, self.base + off))
+        return self.base + off
+
+    def _free(self, ptr, kind, fn):
+        # The one free path: validates before anything changes.
+        if self._debug:
+            print("Memory free requested at 0x%08x" % ptr)
+        off = self._offset(ptr, fn)
+        code = tlsf.free(self.arena, off, kind) if off >= 0 else -1
+        if code:
+            raise self._bad_pointer(ptr, fn, code, kind)
+
+    def _zalloc(self, size, kind):
+        ptr = self._alloc(size, kind)
+        if ptr is not None:
+            tlsf.fill(self.arena, ptr - self.base, 0, size)
+        return ptr
+
+    def kmalloc(self, size):
+        """Address of a new block of >= size bytes, or None when none fits."""
+        _need_size(size)
+        return self._alloc(size, KIND_PLAIN) if size else None
+
+    def kzalloc(self, size):
+        """kmalloc, with the block zeroed."""
+        _need_size(size)
+        return self._zalloc(size, KIND_PLAIN) if size else None
+
+    def kcalloc(self, n, size):
+        """A zeroed array of n elements; None on overflow of a 32-bit size_t."""
+        _need_size(n, "n")
+        _need_size(size)
+        total = n * size
+        if total > 0xFFFFFFFF:
+            if self._debug:
+                print("Memory allocation failed")
+            return None
+        return self.kzalloc(total)
+
+    def kfree(self, ptr):
+        """Free a kmalloc block; NULL is a no-op; anything else raises ValueError."""
+        if _is_null(ptr):
+            return
+        self._free(ptr, KIND_PLAIN, "kfree")
+
+    def krealloc(self, ptr, size):
+        """Resize a block, in place when possible; C realloc semantics."""
+        if _is_null(ptr):
+            return self.kmalloc(size)
+        _need_size(size)
+        off = self._offset(ptr, "krealloc")
+        if size == 0:
+            self._expect(ptr, KIND_PLAIN, "krealloc")
+            self.kfree(ptr)
+            return None
+        code = tlsf.realloc(self.arena, off, min(size, self.size)) if off >= 0 else -1
+        if code > 0:
+            return ptr
+        if code < 0:
+            raise self._bad_pointer(ptr, "krealloc", code)
+        new = self._alloc(size, KIND_PLAIN)
+        if new is not None:
+            keep = min(size, tlsf.usable(self.arena, off))
+            tlsf.move(self.arena, new - self.base, off, keep)
+            self.kfree(ptr)
+        return new
+
+    def ksize(self, ptr):
+        """Usable bytes of the block at ptr (>= what was asked for); 0 for NULL."""
+        if _is_null(ptr):
+            return 0
+        off = self._offset(ptr, "ksize")
+        n = tlsf.usable(self.arena, off) if off >= 0 else -1
+        if n < 0:
+            raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
+        return n
+
+    # ---- kernel stacks ------------------------------------------------------------
+
+    def allocate_kernel_stack(self, size):
+        """Lowest address of a new stack; it grows down from kernel_stack_top().
+
+        The lowest 8 bytes hold a canary (like Linux's STACK_END_MAGIC) that
+        check() verifies, so a stack that grew too deep is reported.
+        """
+        _need_size(size)
+        if not size:
+            return None
+        stack = self._alloc(((size + 7) & ~7) + 8, KIND_STACK)
+        if stack is not None:
+            off = stack - self.base
+            tlsf.store32(self.arena, off, tlsf.STACK_CANARY)
+            tlsf.store32(self.arena, off + 4, tlsf.STACK_CANARY)
+        return stack
+
+    def kernel_stack_top(self, stack):
+        """Initial stack pointer of a kernel stack: its 8-aligned high end."""
+        self._expect(stack, KIND_STACK, "kernel_stack_top")
+        return stack + (tlsf.usable(self.arena, stack - self.base) & ~7)
+
+    def free_kernel_stack(self, stack):
+        """Free a stack from allocate_kernel_stack(); NULL is a no-op."""
+        if _is_null(stack):
+            return
+        self._free(stack, KIND_STACK, "free_kernel_stack")
+
+    # ---- bounded memory access ------------------------------------------------------
+
+    def memset(self, ptr, value, n):
+        """Fill n bytes at ptr with value (0..255), inside one live block."""
+        _need_int(value, "value")
+        if not 0 <= value <= 255:
+            raise ValueError("memset: value must be 0..255, got %d" % value)
+        tlsf.fill(self.arena, self._span(ptr, n, "memset"), value, n)
+        return ptr
+
+    def memcpy(self, dst, src, n):
+        """Copy n bytes (overlap-safe, like memmove); both ranges in live blocks."""
+        s = self._span(src, n, "memcpy")
+        d = self._span(dst, n, "memcpy")
+        tlsf.move(self.arena, d, s, n)
+        return dst
+
+    def view(self, ptr, n=None):
+        """A memoryview of n bytes at ptr (default: up to the end of its block)."""
+        if n is None:
+            off = self._span(ptr, 0, "view")
+            n = tlsf.block_containing(self.arena, off)
+            n += tlsf.usable(self.arena, n) - off
+        off = self._span(ptr, n, "view")
+        return memoryview(self.arena)[off:off + n]
+
+    def addressof(self, ptr):
+        """The real machine address of a kernel address (for uctypes or viper)."""
+        return uctypes.addressof(self.arena) + self._span(ptr, 0, "addressof")
+
+    def vma(self, ptr):
+        """A uctypes view of the VM_AREA_STRUCT at ptr."""
+        self._span(ptr, VMA_SIZE, "vma")
+        return uctypes.struct(self.addressof(ptr), VM_AREA_STRUCT, uctypes.LITTLE_ENDIAN)
+
+    def mm(self, ptr):
+        """A uctypes view of the MM_STRUCT at ptr."""
+        self._span(ptr, MM_SIZE, "mm")
+        return uctypes.struct(self.addressof(ptr), MM_STRUCT, uctypes.LITTLE_ENDIAN)
+
+    # Word access for vm.py: the caller owns the block (no checks).
+    def _ld(self, ptr):
+        return tlsf.load32(self.arena, ptr - self.base)
+
+    def _st(self, ptr, value):
+        tlsf.store32(self.arena, ptr - self.base, value)
+
+    # ---- introspection ----------------------------------------------------------------
+
+    def stats(self):
+        """Counters and sizes of the heap, read from the arena (O(1) but largest_free)."""
+        used, peak, live, nfree, allocs, frees, fails = tlsf.counters(self.arena)
+        free = tlsf.free_bytes(self.arena)
+        return {
+            "size": self.size, "used": used, "free": free,
+            "overhead": self.size - used - free,
+            "largest_free": tlsf.largest_free(self.arena),
+            "free_blocks": nfree, "live_blocks": live, "peak_used": peak,
+            "allocs": allocs, "frees": frees, "failures": fails,
+        }
+
+    def check(self):
+        """Verify every heap invariant: True, or CorruptionError naming the fault."""
+        return tlsf.check(self.arena, self.base)
+
+    def walk(self):
+        """Yield (address, usable size, used) for every block in address order."""
+        for off, size, _, free in tlsf.blocks(self.arena):
+            yield self.base + off, size, not free
+
+    def debug(self, on=True):
+        """Print the seed's allocation messages while on."""
+        self._debug = bool(on)
+
+    # ---- address spaces (vm.py) -----------------------------------------------------------
+    mm_create = vm.mm_create
+    mm_destroy = vm.mm_destroy
+    mmap_region = vm.mmap_region
+    munmap = vm.munmap
+    mprotect = vm.mprotect
+    find_vma = vm.find_vma
+    brk = vm.brk
+    access_ok = vm.access_ok
+    vma_list = vm.vma_list
+    mm_dump = vm.mm_dump
+

@@ -1,0 +1,605 @@
+# TLSF (two-level segregated fit) allocator core over one bytearray arena.
+#
+# The arena is the whole state: control words, free-list heads, bitmaps and
+# blocks all live in it; no Python object exists per block. The hot paths
+# (malloc, free, realloc, usable) are viper functions doing integer work on a
+# ptr32 view of the arena, so they allocate nothing and cost O(1).
+#
+# Offsets are bytes from the start of the arena; a kernel address is
+# base + offset. G (the granule) is 8 or 16 bytes; the heap base is a multiple
+# of G and block headers sit 4 bytes below a multiple of G, so every payload is
+# G-aligned.
+#
+# Arena layout (words):
+#   [0] MAGIC  [1] FLMAP  [2] USED  [3] PEAK  [4] LIVE  [5] NFREE  [6] ALLOCS
+#   [7] FREES  [8] FAILS  [9] GSHIFT  [10] FIRST  [11] END  [12] FLCOUNT
+#   [13] LIVEMAP (word index)  [14] HEADS (word index)  [15] reserved
+#   [16 .. 16+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
+#   [HEADS .. +FLCOUNT*16)   HEADS[fl*16+sl]: first free block of each class
+#   [LIVEMAP ..)             one bit per granule: set at each live payload
+#   FIRST ..                 blocks, then a 4-byte epilogue header at END
+#
+# Block: one header word, then the payload.
+#   header = size | kind << 28 | PREV_FREE (2) | FREE (1)
+#   size: whole block in bytes (header included), a multiple of G, >= 16.
+#   kind: 0 kmalloc block, 1 kernel stack, 2 mm_struct, 3 vm_area_struct.
+#   A free block also holds: +4 next free, +8 previous free (offsets, 0 = end)
+#   and its size again in its last word (the boundary tag that lets the block
+#   after it find it when coalescing). A live block costs only its header.
+#
+# Size classes: with SL = 16 lists per first level, sizes below 16*G map
+# linearly (fl 0, sl = size/G); above, fl = fls(size) - log2(G) - 3 and sl is
+# the 4 bits below the top bit. malloc rounds the request up to the next class
+# so the head of any non-empty list it finds fits (good fit, O(1)); only if
+# that fails does it look through the request's own class.
+#
+# Invariants (checked by check()):
+#   1. Blocks tile [FIRST, END) exactly; END holds a size-0 used epilogue.
+#   2. No two free blocks are adjacent (coalescing is immediate).
+#   3. PREV_FREE of each block == FREE of the block before it.
+#   4. A free block's last word equals its size; its kind is 0.
+#   5. Each free block is in exactly the list of its class; the list links are
+#      consistent; SLMAP bit set <=> list non-empty; FLMAP bit <=> SLMAP != 0.
+#   6. LIVEMAP has a bit exactly at each live payload.
+#   7. USED, LIVE and NFREE match the blocks; kernel stacks keep their canary.
+import micropython
+from micropython import const
+
+KIND_PLAIN = const(0)
+KIND_STACK = const(1)
+KIND_MM = const(2)
+KIND_VMA = const(3)
+KIND_NAMES = ("kmalloc block", "kernel stack", "mm_struct", "vm_area_struct")
+
+MIN_BLOCK = const(16)
+HEADER = const(4)
+STACK_CANARY = const(0x157AC6E9)  # small int on 32-bit ports, fits viper
+
+_MAGIC = const(0x4B4D454D)  # "KMEM"; written from Python, never in viper
+_W_MAGIC = const(0)
+_W_FLMAP = const(1)
+_W_USED = const(2)
+_W_PEAK = const(3)
+_W_LIVE = const(4)
+_W_NFREE = const(5)
+_W_ALLOCS = const(6)
+_W_FREES = const(7)
+_W_FAILS = const(8)
+_W_GSHIFT = const(9)
+_W_FIRST = const(10)
+_W_END = const(11)
+_W_FLCOUNT = const(12)
+_W_LIVEMAP = const(13)
+_W_HEADS = const(14)
+_W_SLMAP = const(16)
+
+_FREE = const(1)
+_PREV_FREE = const(2)
+_SIZE_MASK = const(0x0FFFFFF8)
+_KIND_SHIFT = const(28)
+_SL_SHIFT = const(4)  # 16 second-level lists
+
+MAX_ARENA = const(0x0FFFFFF0)  # block sizes must fit _SIZE_MASK
+
+
+# ---- bit helpers -----------------------------------------------------------
+
+@micropython.viper
+def _fls(x: int) -> int:
+    # Index of the highest set bit of 0 < x < 2**32.
+    n = 0
+    if x >= 0x10000:
+        x >>= 16
+        n += 16
+    if x >= 0x100:
+        x >>= 8
+        n += 8
+    if x >= 0x10:
+        x >>= 4
+        n += 4
+    if x >= 0x4:
+        x >>= 2
+        n += 2
+    if x >= 0x2:
+        n += 1
+    return n
+
+
+# ---- size classes and free lists ---------------------------------------------
+
+@micropython.viper
+def _class_of(arena, size: int) -> int:
+    # List index fl*16 + sl of the class holding blocks of this size.
+    a = ptr32(arena)
+    gs = a[_W_GSHIFT]
+    if size < (16 << gs):
+        return size >> gs
+    t = int(_fls(size))
+    return ((t - gs - 3) << _SL_SHIFT) | ((size >> (t - _SL_SHIFT)) & 15)
+
+
+@micropython.viper
+def _class_above(arena, size: int) -> int:
+    # Class whose every block is >= size: round size up to the next class.
+    a = ptr32(arena)
+    gs = a[_W_GSHIFT]
+    if size >= (16 << gs):
+        size += (1 << (int(_fls(size)) - _SL_SHIFT)) - 1
+    return int(_class_of(arena, size))
+
+
+@micropython.viper
+def _find_free(arena, li: int) -> int:
+    # First block of the first non-empty list at class >= li, or 0.
+    a = ptr32(arena)
+    fl = li >> _SL_SHIFT
+    if fl >= a[_W_FLCOUNT]:
+        return 0
+    slmap = a[_W_SLMAP + fl] & (-1 << (li & 15))
+    if slmap == 0:
+        flmap = a[_W_FLMAP] & (-1 << (fl + 1))
+        if flmap == 0:
+            return 0
+        fl = int(_fls(flmap & -flmap))
+        slmap = a[_W_SLMAP + fl]
+    sl = int(_fls(slmap & -slmap))
+    return a[a[_W_HEADS] + (fl << _SL_SHIFT) + sl]
+
+
+@micropython.viper
+def _insert_free(arena, b: int, size: int):
+    a = ptr32(arena)
+    li = int(_class_of(arena, size))
+    head = a[_W_HEADS] + li
+    nxt = a[head]
+    w = b >> 2
+    a[w + 1] = nxt
+    a[w + 2] = 0
+    if nxt:
+        a[(nxt >> 2) + 2] = b
+    a[head] = b
+    fl = li >> _SL_SHIFT
+    a[_W_SLMAP + fl] = a[_W_SLMAP + fl] | (1 << (li & 15))
+    a[_W_FLMAP] = a[_W_FLMAP] | (1 << fl)
+    a[_W_NFREE] = a[_W_NFREE] + 1
+
+
+@micropython.viper
+def _remove_free(arena, b: int, size: int):
+    a = ptr32(arena)
+    w = b >> 2
+    nxt = a[w + 1]
+    prv = a[w + 2]
+    if nxt:
+        a[(nxt >> 2) + 2] = prv
+    if prv:
+        a[(prv >> 2) + 1] = nxt
+    else:
+        li = int(_class_of(arena, size))
+        a[a[_W_HEADS] + li] = nxt
+        if nxt == 0:
+            fl = li >> _SL_SHIFT
+            slmap = a[_W_SLMAP + fl] & ~(1 << (li & 15))
+            a[_W_SLMAP + fl] = slmap
+            if slmap == 0:
+                a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << fl)
+    a[_W_NFREE] = a[_W_NFREE] - 1
+
+
+@micropython.viper
+def _first_fit_in_class(arena, size: int) -> int:
+    # Fallback when good fit fails: the request's own class may still hold a
+    # block that is big enough (the good-fit search skips it by rounding up).
+    a = ptr32(arena)
+    li = int(_class_of(arena, size))
+    if (li >> _SL_SHIFT) >= a[_W_FLCOUNT]:
+        return 0
+    b = a[a[_W_HEADS] + li]
+    while b:
+        if (a[b >> 2] & _SIZE_MASK) >= size:
+            return b
+        b = a[(b >> 2) + 1]
+    return 0
+
+
+# ---- the live map: one bit per granule, set at each live payload ------------
+
+@micropython.viper
+def _mark_live(arena, p: int, live: int):
+    a = ptr32(arena)
+    bit = p >> a[_W_GSHIFT]
+    w = a[_W_LIVEMAP] + (bit >> 5)
+    if live:
+        a[w] = a[w] | (1 << (bit & 31))
+    else:
+        a[w] = a[w] & ~(1 << (bit & 31))
+
+
+@micropython.viper
+def live_block(arena, p: int) -> int:
+    # Header offset of the live block whose payload starts at p, else -1.
+    a = ptr32(arena)
+    if p < a[_W_FIRST] + HEADER or p >= a[_W_END]:
+        return -1
+    gs = a[_W_GSHIFT]
+    if p & ((1 << gs) - 1):
+        return -1
+    bit = p >> gs
+    if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
+        return -1
+    return p - HEADER
+
+
+@micropython.viper
+def block_containing(arena, p: int) -> int:
+    # Payload offset of the live block that contains byte p, else -1.
+    a = ptr32(arena)
+    if p < a[_W_FIRST] + HEADER or p >= a[_W_END]:
+        return -1
+    gs = a[_W_GSHIFT]
+    lm = a[_W_LIVEMAP]
+    bit = p >> gs
+    w = lm + (bit >> 5)
+    word = a[w] & ((2 << (bit & 31)) - 1)  # bits at or below p
+    while word == 0:
+        w -= 1
+        if w < lm:
+            return -1
+        word = a[w]
+    if word < 0:  # bit 31 set on a 32-bit machine (sign of a machine word)
+        top = 31
+    else:
+        top = int(_fls(word))
+    start = (((w - lm) << 5) + top) << gs
+    if p >= start - HEADER + (a[(start >> 2) - 1] & _SIZE_MASK):
+        return -1
+    return start
+
+
+# ---- the allocator -------------------------------------------------------------
+
+@micropython.viper
+def _block_size_for(arena, n: int) -> int:
+    a = ptr32(arena)
+    g = 1 << a[_W_GSHIFT]
+    size = (n + HEADER + g - 1) & -g
+    if size < MIN_BLOCK:
+        return MIN_BLOCK
+    return size
+
+
+@micropython.viper
+def _release(arena, b: int, size: int):
+    # Turn [b, b+size) into a free block, merging with free neighbours.
+    a = ptr32(arena)
+    nb = b + size
+    nh = a[nb >> 2]
+    if nh & _FREE:
+        _remove_free(arena, nb, nh & _SIZE_MASK)
+        size += nh & _SIZE_MASK
+    if a[b >> 2] & _PREV_FREE:
+        psize = a[(b >> 2) - 1]
+        b -= psize
+        _remove_free(arena, b, psize)
+        size += psize
+    a[b >> 2] = size | _FREE
+    a[((b + size) >> 2) - 1] = size
+    nb = b + size
+    a[nb >> 2] = a[nb >> 2] | _PREV_FREE
+    _insert_free(arena, b, size)
+
+
+@micropython.viper
+def _note_used(arena, delta: int):
+    a = ptr32(arena)
+    used = a[_W_USED] + delta
+    a[_W_USED] = used
+    if used > a[_W_PEAK]:
+        a[_W_PEAK] = used
+
+
+@micropython.viper
+def malloc(arena, n: int, kind: int) -> int:
+    # Payload offset of a new block of >= n usable bytes, or 0 (counted).
+    a = ptr32(arena)
+    need = int(_block_size_for(arena, n))
+    b = int(_find_free(arena, int(_class_above(arena, need))))
+    if b == 0:
+        b = int(_first_fit_in_class(arena, need))
+        if b == 0:
+            a[_W_FAILS] = a[_W_FAILS] + 1
+            return 0
+    size = a[b >> 2] & _SIZE_MASK
+    _remove_free(arena, b, size)
+    rest = size - need
+    if rest >= MIN_BLOCK:
+        # Split: the tail stays free. The block after it keeps PREV_FREE.
+        r = b + need
+        a[r >> 2] = rest | _FREE
+        a[((r + rest) >> 2) - 1] = rest
+        _insert_free(arena, r, rest)
+        size = need
+    else:
+        nb = b + size
+        a[nb >> 2] = a[nb >> 2] & ~_PREV_FREE
+    # A free block's predecessor is never free, so PREV_FREE is clear here.
+    a[b >> 2] = size | (kind << _KIND_SHIFT)
+    p = b + HEADER
+    _mark_live(arena, p, 1)
+    _note_used(arena, size - HEADER)
+    a[_W_LIVE] = a[_W_LIVE] + 1
+    a[_W_ALLOCS] = a[_W_ALLOCS] + 1
+    return p
+
+
+@micropython.viper
+def free(arena, p: int, kind: int) -> int:
+    # 0 when freed; -1 if p is not a live payload; -2 if it is of another kind.
+    a = ptr32(arena)
+    b = int(live_block(arena, p))
+    if b < 0:
+        return -1
+    hdr = a[b >> 2]
+    if (hdr >> _KIND_SHIFT) & 3 != kind:
+        return -2
+    size = hdr & _SIZE_MASK
+    _mark_live(arena, p, 0)
+    a[_W_USED] = a[_W_USED] - (size - HEADER)
+    a[_W_LIVE] = a[_W_LIVE] - 1
+    a[_W_FREES] = a[_W_FREES] + 1
+    _release(arena, b, size)
+    return 0
+
+
+@micropython.viper
+def realloc(arena, p: int, n: int) -> int:
+    # Resize a kmalloc block in place: p when done, 0 when it must move,
+    # -1 / -2 as free(). Never changes anything when it returns <= 0.
+    a = ptr32(arena)
+    b = int(live_block(arena, p))
+    if b < 0:
+        return -1
+    hdr = a[b >> 2]
+    if (hdr >> _KIND_SHIFT) & 3 != KIND_PLAIN:
+        return -2
+    size = hdr & _SIZE_MASK
+    need = int(_block_size_for(arena, n))
+    if need > size:
+        nb = b + size
+        nh = a[nb >> 2]
+        nsize = nh & _SIZE_MASK
+        if (nh & _FREE) == 0 or size + nsize < need:
+            return 0
+        _remove_free(arena, nb, nsize)
+        nnb = nb + nsize
+        a[nnb >> 2] = a[nnb >> 2] & ~_PREV_FREE
+        size += nsize
+        a[b >> 2] = size | (hdr & _PREV_FREE)
+        _note_used(arena, nsize)
+    rest = size - need
+    if rest >= MIN_BLOCK:
+        a[b >> 2] = need | (hdr & _PREV_FREE)
+        r = b + need
+        a[r >> 2] = rest  # a used-looking block whose predecessor is live
+        a[_W_USED] = a[_W_USED] - rest
+        _release(arena, r, rest)
+    return p
+
+
+@micropython.viper
+def usable(arena, p: int) -> int:
+    # Usable bytes of the live block at payload p, or -1.
+    a = ptr32(arena)
+    b = int(live_block(arena, p))
+    if b < 0:
+        return -1
+    return (a[b >> 2] & _SIZE_MASK) - HEADER
+
+
+@micropython.viper
+def kind_of(arena, p: int) -> int:
+    # Kind of the live block at payload p, or -1.
+    a = ptr32(arena)
+    b = int(live_block(arena, p))
+    if b < 0:
+        return -1
+    return (a[b >> 2] >> _KIND_SHIFT) & 3
+
+
+# ---- raw access ----------------------------------------------------------------
+
+@micropython.viper
+def load32(arena, off: int) -> uint:
+    a = ptr32(arena)
+    return uint(a[off >> 2])
+
+
+@micropython.viper
+def store32(arena, off: int, value: uint):
+    a = ptr32(arena)
+    a[off >> 2] = int(value)
+
+
+@micropython.viper
+def fill(a: ptr8, off: int, value: int, n: int):
+    end = off + n
+    while off < end:
+        a[off] = value
+        off += 1
+
+
+@micropython.viper
+def move(a: ptr8, dst: int, src: int, n: int):
+    # memmove: copy backwards when the destination overlaps the source's tail.
+    if dst <= src:
+        i = 0
+        while i < n:
+            a[dst + i] = a[src + i]
+            i += 1
+    else:
+        i = n
+        while i > 0:
+            i -= 1
+            a[dst + i] = a[src + i]
+
+
+# ---- set-up and introspection (not hot) ---------------------------------------
+
+def format(arena, gshift):
+    """Lay out an empty heap in arena: control words, then one free block."""
+    size = len(arena)
+    g = 1 << gshift
+    flcount = max(1, _fls(size) - gshift - 2)
+    livemap_words = (size >> gshift) // 32 + 1
+    heads = _W_SLMAP + flcount
+    livemap = heads + flcount * 16
+    control_end = (livemap + livemap_words) * 4
+    first = ((control_end + HEADER + g - 1) & -g) - HEADER
+    end = (size & -g) - HEADER
+    if end - first < MIN_BLOCK:
+        raise ValueError("arena of %d bytes is too small" % size)
+    fill(arena, 0, 0, control_end)
+    words = (
+        (_W_MAGIC, _MAGIC), (_W_GSHIFT, gshift), (_W_FIRST, first),
+        (_W_END, end), (_W_FLCOUNT, flcount), (_W_LIVEMAP, livemap),
+        (_W_HEADS, heads),
+    )
+    for index, value in words:
+        store32(arena, index * 4, value)
+    store32(arena, end, 0)  # epilogue: size 0, used
+    store32(arena, first, MIN_BLOCK)  # used-looking, so _release can free it
+    _release(arena, first, end - first)
+
+
+def counters(arena):
+    """(used, peak, live, nfree, allocs, frees, fails) straight from the arena."""
+    return tuple(load32(arena, w * 4) for w in range(_W_USED, _W_FAILS + 1))
+
+
+def free_bytes(arena):
+    used, _, live, nfree = counters(arena)[:4]
+    span = load32(arena, _W_END * 4) - load32(arena, _W_FIRST * 4)
+    return span - used - HEADER * (live + nfree)
+
+
+def largest_free(arena):
+    """Usable size of the biggest free block: the top non-empty class, scanned."""
+    flmap = load32(arena, _W_FLMAP * 4)
+    if not flmap:
+        return 0
+    fl = _fls(flmap)
+    sl = _fls(load32(arena, (_W_SLMAP + fl) * 4))
+    b = load32(arena, (load32(arena, _W_HEADS * 4) + fl * 16 + sl) * 4)
+    best = 0
+    while b:
+        best = max(best, load32(arena, b) & _SIZE_MASK)
+        b = load32(arena, b + 4)
+    return best - HEADER
+
+
+def blocks(arena):
+    """Yield (payload offset, usable size, kind, free) in address order."""
+    b = load32(arena, _W_FIRST * 4)
+    end = load32(arena, _W_END * 4)
+    while b < end:
+        hdr = load32(arena, b)
+        size = hdr & _SIZE_MASK
+        if size < MIN_BLOCK:
+            raise CorruptionError("block at offset 0x%x has size %d" % (b, size))
+        yield b + HEADER, size - HEADER, (hdr >> _KIND_SHIFT) & 3, bool(hdr & _FREE)
+        b += size
+
+
+class CorruptionError(Exception):
+    """check() found the heap inconsistent; the message names the first fault."""
+
+
+def check(arena, base):
+    """Walk the arena and verify every invariant above; True or CorruptionError."""
+    def fail(off, what):
+        raise CorruptionError("block at 0x%08x: %s" % (base + off, what))
+
+    def word(w):
+        return load32(arena, w * 4)
+
+    if word(_W_MAGIC) != _MAGIC:
+        raise CorruptionError("arena control block overwritten (bad magic)")
+    gshift, first, end = word(_W_GSHIFT), word(_W_FIRST), word(_W_END)
+    flcount, heads, livemap = word(_W_FLCOUNT), word(_W_HEADS), word(_W_LIVEMAP)
+    g = 1 << gshift
+    if end > len(arena) - HEADER or first >= end or (first + HEADER) % g:
+        raise CorruptionError("arena control block overwritten (bad bounds)")
+
+    used = live = nfree = 0
+    prev_free = False
+    b = first
+    while b < end:
+        hdr = load32(arena, b)
+        size = hdr & _SIZE_MASK
+        free = bool(hdr & _FREE)
+        kind = (hdr >> _KIND_SHIFT) & 3
+        if size < MIN_BLOCK or size % g or b + size > end or hdr & 0xC0000004:
+            fail(b, "header overwritten (0x%08x)" % hdr)
+        if bool(hdr & _PREV_FREE) != prev_free:
+            fail(b, "PREV_FREE bit disagrees with the block before it")
+        if free and prev_free:
+            fail(b, "two adjacent free blocks (missed coalescing)")
+        p = b + HEADER
+        is_live = (word(livemap + (p >> gshift) // 32) >> ((p >> gshift) % 32)) & 1
+        if is_live == free:
+            fail(b, "live map says %s" % ("live" if is_live else "free"))
+        if free:
+            nfree += 1
+            if load32(arena, b + size - 4) != size:
+                fail(b, "boundary tag does not match the size")
+            if kind:
+                fail(b, "free block carries a kind")
+        else:
+            live += 1
+            used += size - HEADER
+            if kind == KIND_STACK and not (
+                load32(arena, p) == STACK_CANARY == load32(arena, p + 4)
+            ):
+                fail(b, "kernel stack overflow (canary at 0x%08x damaged)" % (base + p))
+        prev_free = free
+        b += size
+    if b != end or load32(arena, end) & ~_PREV_FREE:
+        fail(end, "epilogue overwritten")
+    if bool(load32(arena, end) & _PREV_FREE) != prev_free:
+        fail(end, "PREV_FREE bit of the epilogue is wrong")
+
+    counted = counters(arena)
+    if (used, live, nfree) != (counted[0], counted[2], counted[3]):
+        raise CorruptionError(
+            "counters say used=%d live=%d free=%d, blocks say %d, %d, %d"
+            % (counted[0], counted[2], counted[3], used, live, nfree))
+    bits = sum(bin(word(w)).count("1") for w in range(livemap, livemap + (len(arena) >> gshift) // 32 + 1))
+    if bits != live:
+        raise CorruptionError("live map marks %d blocks, %d are live" % (bits, live))
+
+    listed = 0
+    flmap = word(_W_FLMAP)
+    for fl in range(flcount):
+        slmap = word(_W_SLMAP + fl)
+        if bool(flmap >> fl & 1) != bool(slmap):
+            raise CorruptionError("first-level bitmap bit %d is wrong" % fl)
+        for sl in range(16):
+            b = word(heads + fl * 16 + sl)
+            if bool(b) != bool(slmap >> sl & 1):
+                raise CorruptionError("second-level bitmap bit %d/%d is wrong" % (fl, sl))
+            prev = 0
+            while b:
+                listed += 1
+                if listed > nfree or not first <= b < end:
+                    raise CorruptionError("free list %d/%d is broken" % (fl, sl))
+                hdr = load32(arena, b)
+                if not hdr & _FREE:
+                    fail(b, "on free list %d/%d but not free" % (fl, sl))
+                if _class_of(arena, hdr & _SIZE_MASK) != fl * 16 + sl:
+                    fail(b, "on free list %d/%d, the wrong size class" % (fl, sl))
+                if load32(arena, b + 8) != prev:
+                    fail(b, "back link of free list %d/%d is wrong" % (fl, sl))
+                prev, b = b, load32(arena, b + 4)
+    if listed != nfree:
+        raise CorruptionError("%d free blocks, %d on free lists" % (nfree, listed))
+    return True
