@@ -102,15 +102,16 @@ class Heap:
 
     # ---- allocation --------------------------------------------------------------
 
-    def _alloc(self, size, kind):
-        # The one allocation path; the argument is already validated.
+    def _alloc(self, size, kind, asked=None):
+        # The one allocation path; the argument is already validated. The
+        # debug message shows what the caller asked for (asked, else size).
         off = tlsf.malloc(self.arena, min(size, self.size), kind)
         if not off:
             if self._debug:
                 print("Memory allocation failed")
             return None
         if self._debug:
-            print("Memory allocated: %d bytes at 0x%08x" % (size, self.base + off))
+            print("Memory allocated: %d bytes at 0x%08x" % (asked or size, self.base + off))
         return self.base + off
 
     def _free(self, ptr, kind, fn):
@@ -198,7 +199,7 @@ class Heap:
         _need_size(size)
         if not size:
             return None
-        stack = self._alloc(((size + 7) & ~7) + 8, KIND_STACK)
+        stack = self._alloc(((size + 7) & ~7) + 8, KIND_STACK, size)
         if stack is not None:
             off = stack - self.base
             tlsf.store32(self.arena, off, tlsf.STACK_CANARY)

@@ -8,14 +8,14 @@
 # These are plain functions taking the Heap first; kheap.Heap binds them as
 # methods.  The heap supplies _zalloc/_free/_expect/_ld/_st (see CONTRACT.md).
 #
-# An area may end at 2**32, which does not fit the UINT32 `end` field: it is
-# stored as 0 (an area can never really end at 0) and decoded by _end().
+# The `end` field is a UINT32 and exclusive, so no area can include the last
+# page of the 32-bit space: areas end at 0xfffff000 at the highest.
 
 import errno
 from micropython import const
 from .tlsf import KIND_MM, KIND_VMA
 from .structs import (VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP,
-                      PAGE_SIZE)
+                      VM_FLAGS_MASK, PAGE_SIZE)
 
 _MM_SIZE = const(32)
 _VMA_SIZE = const(16)
@@ -28,8 +28,8 @@ _NEXT = const(12)
 _MMAP = const(0)
 _START_HEAP = const(20)
 _END_HEAP = const(24)
-_FLAG_BITS = const(0x3F)
 _ADDR_LIMIT = 0x100000000  # 2**32: one past the last user address
+_MAP_LIMIT = 0xFFFFF000  # the highest end a UINT32 `end` field can hold
 
 
 # ---- argument checking ----------------------------------------------------
@@ -49,9 +49,9 @@ def _mm(h, mm, fn):
 
 def _flags(flags, fn):
     _int(flags, "flags", fn)
-    if flags < 0 or flags & ~_FLAG_BITS:
+    if flags < 0 or flags & ~VM_FLAGS_MASK:
         raise ValueError("%s: invalid flags 0x%x (allowed bits 0x%02x)"
-                         % (fn, flags, _FLAG_BITS))
+                         % (fn, flags, VM_FLAGS_MASK))
     return flags
 
 
@@ -70,17 +70,17 @@ def _range(start, length, fn):
                          % (fn, start))
     if length <= 0:
         raise ValueError("%s: length must be > 0, got %d" % (fn, length))
-    if start + length > _ADDR_LIMIT:
-        raise ValueError("%s: range 0x%08x+0x%x exceeds the 32-bit address "
-                         "space" % (fn, start, length))
-    # start is page aligned and 2**32 is too, so rounding stays in range.
-    return start, start + _page_up(length)
+    end = start + _page_up(length)
+    if end > _MAP_LIMIT:
+        raise ValueError("%s: range 0x%08x+0x%x passes 0x%08x, the highest end "
+                         "of a 32-bit area" % (fn, start, length, _MAP_LIMIT))
+    return start, end
 
 
 # ---- list access ----------------------------------------------------------
 
 def _end(h, v):
-    return h._ld(v + _END) or _ADDR_LIMIT
+    return h._ld(v + _END)
 
 
 def _areas(h, mm):
@@ -194,7 +194,7 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
     slot = pslot
     for s, e, f, v in pieces:
         h._st(v + _START, s)
-        h._st(v + _END, e if e < _ADDR_LIMIT else 0)
+        h._st(v + _END, e)
         h._st(v + _FLAGS, f)
         h._st(slot, v)
         slot = v + _NEXT
@@ -319,6 +319,8 @@ def brk(h, mm, new_end):
         return cur
     old_top = _page_up(cur)
     new_top = _page_up(new_end)
+    if new_top > _MAP_LIMIT:
+        return cur
     try:
         if new_top > old_top:
             _map(h, mm, old_top, new_top, VM_READ | VM_WRITE | VM_GROWSUP, fn)
