@@ -1,0 +1,39 @@
+# kmem: MicroPython memory manager. Logic lives in tools/kmemhost; recipes stay short.
+VENV := .venv
+PY := $(VENV)/bin/python
+# MICROPYTHON=/path/to/micropython overrides the unix port from the venv.
+MICROPYTHON ?= $(abspath $(VENV))/bin/micropython
+export MICROPYTHON
+KMEMHOST := PYTHONPATH=tools $(PY) -m kmemhost
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test mpy-check demo repl clean distclean
+
+venv: $(STAMP)
+
+# Re-installs whenever requirements.txt changes.
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test: mpy-check $(STAMP)
+	$(PY) -m pytest --target unix:rpi_pico
+	$(PY) -m pytest --target unix:esp32_generic
+
+# Every firmware .py must compile for the real boards (armv6m: rpi_pico, xtensawin: esp32).
+mpy-check: $(STAMP)
+	$(KMEMHOST).build --check --arch armv6m --arch xtensawin
+
+demo: $(STAMP)
+	$(KMEMHOST).run firmware/examples/demo.py
+
+repl: $(STAMP)
+	$(KMEMHOST).run
+
+clean:
+	rm -rf build .pytest_cache
+	find tools host_tests -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
