@@ -31,6 +31,16 @@ demo: $(STAMP)
 repl: $(STAMP)
 	$(KMEMHOST).run
 
+# Flash MicroPython itself: make flash BOARD=rpi_pico|esp32_generic [PORT=/dev/ttyUSB0]
+#   [FIRMWARE=file] [MOUNT=dir of the RPI-RP2 drive] [FLASHER=mpflash] [DRY_RUN=1]
+FLASH_ARGS = $(if $(BOARD),--board $(BOARD)) $(if $(PORT),--port $(PORT)) \
+    $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(MOUNT),--mount $(MOUNT)) \
+    $(if $(FLASHER),--flasher $(FLASHER)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+.PHONY: flash
+flash: $(STAMP)
+	$(KMEMHOST).flash $(FLASH_ARGS)
+
 clean:
 	rm -rf build .pytest_cache
 	find tools host_tests -name __pycache__ -prune -exec rm -rf {} +
