@@ -140,15 +140,13 @@ class Heap:
         return self._zalloc(size, KIND_PLAIN) if size else None
 
     def kcalloc(self, n, size):
-        """A zeroed array of n elements; None on overflow of a 32-bit size_t."""
+        """A zeroed array of n elements of size bytes, or None.
+
+        n * size cannot wrap as C's size_t can: a product too big for the
+        arena simply fails like any other request."""
         _need_size(n, "n")
         _need_size(size)
-        total = n * size
-        if total > 0xFFFFFFFF:
-            if self._debug:
-                print("Memory allocation failed")
-            return None
-        return self.kzalloc(total)
+        return self.kzalloc(n * size)
 
     def kfree(self, ptr):
         """Free a kmalloc block; NULL is a no-op; anything else raises ValueError."""

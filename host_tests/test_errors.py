@@ -1,0 +1,145 @@
+"""Bad input: exact exception types, addresses in messages, and the heap left untouched."""
+import pytest
+
+from helpers import TargetError, hex32, run
+
+REJECTED = '''
+def rejected(calls):
+    # Run every call of `calls` ({name: (f, args...)}) and report what it raised,
+    # plus whether the heap was left exactly as it was.
+    before = stats()
+    got = dict((name, raised(*call)) for name, call in calls.items())
+    return dict(got=got, unchanged=stats() == before, ok=check())
+'''
+
+
+def exception_types(r):
+    return dict((name, got[0] if got else "no error") for name, got in r["got"].items())
+
+
+def test_non_int_sizes_raise_type_error(target):
+    r = run(target, REJECTED, '''
+        p = kmalloc(16)
+        m = mm_create()
+        result = rejected({
+            "kmalloc('12')": (kmalloc, '12'), 'kmalloc(12.0)': (kmalloc, 12.0),
+            'kmalloc(None)': (kmalloc, None), 'kzalloc(1.5)': (kzalloc, 1.5),
+            "kcalloc('2', 4)": (kcalloc, '2', 4), 'kcalloc(2, 4.0)': (kcalloc, 2, 4.0),
+            "krealloc(p, '8')": (krealloc, p, '8'),
+            'allocate_kernel_stack(4096.0)': (allocate_kernel_stack, 4096.0),
+            "memset(p, 0, '4')": (memset, p, 0, '4'), "memset(p, 'a', 4)": (memset, p, 'a', 4),
+            'memcpy(p, p, 1.0)': (memcpy, p, p, 1.0), "view(p, '4')": (view, p, '4'),
+            "mmap_region(m, '0', 4096, 1)": (mmap_region, m, '0', 4096, 1),
+            'mmap_region(m, 0, 4096.0, 1)': (mmap_region, m, 0, 4096.0, 1),
+            'mmap_region(m, 0, 4096, None)': (mmap_region, m, 0, 4096, None),
+            'munmap(m, 0, [1])': (munmap, m, 0, [1]),
+            "mprotect(m, 0, 4096, '1')": (mprotect, m, 0, 4096, '1'),
+            "brk(m, '0')": (brk, m, '0'),
+            "find_vma(m, 1.0)": (find_vma, m, 1.0),
+            "access_ok(m, 0, '1', 1)": (access_ok, m, 0, '1', 1),
+        })
+    ''')
+    assert exception_types(r) == dict.fromkeys(r["got"], "TypeError")
+    assert r["unchanged"] is True
+    assert r["ok"] is True
+
+
+def test_non_int_pointers_raise_type_error(target):
+    r = run(target, REJECTED, '''
+        p = kmalloc(16)
+        result = rejected({
+            "kfree('p')": (kfree, 'p'), 'kfree(1.5)': (kfree, 1.5), 'kfree([p])': (kfree, [p]),
+            "ksize('p')": (ksize, 'p'), "krealloc('p', 8)": (krealloc, 'p', 8),
+            "memset('p', 0, 1)": (memset, 'p', 0, 1), "memcpy(p, 'p', 1)": (memcpy, p, 'p', 1),
+            "memcpy(b'', p, 1)": (memcpy, b'', p, 1), "view('p')": (view, 'p'),
+            "free_kernel_stack('s')": (free_kernel_stack, 's'),
+            "kernel_stack_top('s')": (kernel_stack_top, 's'),
+            'mm_destroy(1.0)': (mm_destroy, 1.0), "vma_list('m')": (vma_list, 'm'),
+            "mmap_region('m', 0, 4096, 1)": (mmap_region, 'm', 0, 4096, 1),
+            "mm_dump('m')": (mm_dump, 'm'), "addressof('p')": (addressof, 'p'),
+        })
+    ''')
+    assert exception_types(r) == dict.fromkeys(r["got"], "TypeError")
+    assert r["unchanged"] is True
+    assert r["ok"] is True
+
+
+def test_negative_sizes_raise_value_error(target):
+    r = run(target, REJECTED, '''
+        p = kmalloc(16)
+        q = kmalloc(16)
+        m = mm_create()
+        result = rejected({
+            'kmalloc(-1)': (kmalloc, -1), 'kzalloc(-8)': (kzalloc, -8),
+            'kcalloc(-1, 4)': (kcalloc, -1, 4), 'kcalloc(4, -1)': (kcalloc, 4, -1),
+            'krealloc(p, -1)': (krealloc, p, -1),
+            'allocate_kernel_stack(-4096)': (allocate_kernel_stack, -4096),
+            'memset(p, 0, -1)': (memset, p, 0, -1), 'memcpy(q, p, -1)': (memcpy, q, p, -1),
+            'view(p, -1)': (view, p, -1),
+            'mmap_region(m, 0x1000, -4096, 1)': (mmap_region, m, 0x1000, -4096, 1),
+            'munmap(m, 0x1000, -1)': (munmap, m, 0x1000, -1),
+            'mprotect(m, 0x1000, -1, 1)': (mprotect, m, 0x1000, -1, 1),
+        })
+    ''')
+    assert exception_types(r) == dict.fromkeys(r["got"], "ValueError")
+    assert r["unchanged"] is True
+    assert r["ok"] is True
+
+
+def test_kfree_of_a_pointer_that_is_not_a_live_block_start(target):
+    r = run(target, REJECTED, '''
+        h = heap()
+        p = kmalloc(32)
+        q = kmalloc(32)
+        gone = kmalloc(32)
+        guard = kmalloc(32)
+        kfree(gone)
+        bad = {'foreign low': 0x1234, 'below the arena': h.base - 8,
+               'past the arena': h.base + h.size + 8, 'interior': p + 8, 'unaligned': p + 1,
+               'double free': gone, 'alias above 4 GiB': p + 2**32}
+        result = rejected(dict((k, (kfree, a)) for k, a in bad.items()))
+        result['addresses'] = bad
+        # A refused double free must not have put the block on a free list twice.
+        a, b = kmalloc(32), kmalloc(32)
+        result['distinct'] = a != b and a is not None and b is not None
+        result['p_alive'] = ksize(p) >= 32
+    ''')
+    assert exception_types(r) == dict.fromkeys(r["got"], "ValueError")
+    for name, addr in r["addresses"].items():
+        if addr < 2**32:
+            assert hex32(addr) in r["got"][name][1], name
+    assert r["unchanged"] is True
+    assert r["ok"] is True
+    assert r["distinct"] is True
+    assert r["p_alive"] is True
+
+
+@pytest.mark.parametrize("call", ["krealloc(%s, 64)", "ksize(%s)"])
+def test_other_block_functions_reject_pointers_that_are_not_block_starts(target, call):
+    r = run(target, REJECTED, '''
+        p = kmalloc(32)
+        gone = kmalloc(32)
+        kfree(gone)
+        bad = {'foreign': 0x1234, 'interior': p + 8, 'freed': gone}
+        result = rejected(dict((k, (lambda a=a: %s,)) for k, a in bad.items()))
+        result['addresses'] = bad
+    ''' % (call % "a"))
+    assert exception_types(r) == dict.fromkeys(r["got"], "ValueError")
+    for name, addr in r["addresses"].items():
+        assert hex32(addr) in r["got"][name][1], name
+    assert r["unchanged"] is True
+    assert r["ok"] is True
+
+
+def test_uncaught_errors_reach_the_host_with_type_and_address(target):
+    with pytest.raises(TargetError) as exc:
+        run(target, '''
+            kfree(0x1234)
+        ''', expr="None")
+    assert exc.value.type == "ValueError"
+    assert "0x00001234" in exc.value.message
+    assert str(exc.value).startswith("ValueError: ")
+
+    with pytest.raises(TargetError) as exc:
+        run(target, "kmalloc('12')", expr="None")
+    assert exc.value.type == "TypeError"
