@@ -180,3 +180,14 @@ def test_heap_constructor_validates_its_arguments(target):
         "base 0": "ValueError", "base negative": "ValueError", "base unaligned": "ValueError",
         "base unaligned for 16": "ValueError", "base past 4 GiB": "ValueError",
     }
+
+
+def test_init_with_bad_arguments_keeps_the_old_default_heap(target):
+    errors, same_heap, p_still_live = run(target, '''
+        h = heap()
+        p = kmalloc(64)
+        errors = [raised(init, 100), raised(init, 4096, None, 3), raised(init, "big")]
+        result = (errors, heap() is h, ksize(p) >= 64)
+    ''')
+    assert [e[0] for e in errors] == ["ValueError", "ValueError", "TypeError"]
+    assert same_heap and p_still_live

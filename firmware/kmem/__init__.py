@@ -7,7 +7,7 @@ from .structs import (
     VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP, VM_GROWSDOWN,
     PAGE_SIZE, VM_AREA_STRUCT, MM_STRUCT,
 )
-from .kheap import Heap, CorruptionError
+from .kheap import Heap, CorruptionError, check_heap_args
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ _heap = None
 def init(size=32768, base=None, align=4):
     """(Re)create the default heap and return it."""
     global _heap
+    check_heap_args(size, base, align)  # bad arguments keep the old heap
     _heap = None  # let the old arena be collected before the new one is made
     _heap = Heap(size, base, align)
     return _heap

@@ -31,26 +31,34 @@ def _need_size(value, what="size"):
         raise ValueError("%s must be >= 0, got %d" % (what, value))
 
 
+def check_heap_args(size, base, align):
+    """Validate Heap() arguments without allocating; returns the granule."""
+    _need_int(size, "size")
+    _need_int(align, "align")
+    if not _MIN_ARENA <= size <= tlsf.MAX_ARENA:
+        raise ValueError("size must be %d..%d bytes" % (_MIN_ARENA, tlsf.MAX_ARENA))
+    if align not in (4, 8, 16):
+        raise ValueError("align must be 4, 8 or 16")
+    granule = 16 if align == 16 else 8
+    if base is not None:
+        _need_int(base, "base")
+        if base <= 0 or base % granule or base + size > 0x100000000:
+            raise ValueError("base must be a positive multiple of %d with "
+                             "base + size <= 2**32" % granule)
+    return granule
+
+
 class Heap:
     """A TLSF heap over its own bytearray arena. Addresses are base + offset."""
 
     def __init__(self, size=32768, base=None, align=4):
-        _need_int(size, "size")
-        _need_int(align, "align")
-        if not _MIN_ARENA <= size <= tlsf.MAX_ARENA:
-            raise ValueError("size must be %d..%d bytes" % (_MIN_ARENA, tlsf.MAX_ARENA))
-        if align not in (4, 8, 16):
-            raise ValueError("align must be 4, 8 or 16")
-        granule = 16 if align == 16 else 8
+        granule = check_heap_args(size, base, align)
         arena = bytearray(size)
         if base is None:
+            # The arena's real address when it is a small int (RP2040, ESP32).
             base = uctypes.addressof(arena)
-            if base >= _NATIVE_LIMIT:
+            if base >= _NATIVE_LIMIT or base % granule:
                 base = _UNIX_BASE
-        _need_int(base, "base")
-        if base <= 0 or base % granule or base + size > 0x100000000:
-            raise ValueError(
-                "base must be a positive multiple of %d with base + size <= 2**32" % granule)
         tlsf.format(arena, 4 if granule == 16 else 3)
         self.arena = arena
         self.base = base
