@@ -187,7 +187,7 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
             return (seed >> 8) % n
 
         baseline = layout()
-        live = {}                            # address -> (fill byte, size in use)
+        live = {}                            # address -> fill byte << 16 | size in use
         problems = []
         for step in range(3000):
             op = rnd(10)
@@ -198,10 +198,15 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
                     if p in live:
                         problems.append(('handed out twice', step))
                     memset(p, step & 0xFF, n)
-                    live[p] = (step & 0xFF, n)
+                    live[p] = (step & 0xFF) << 16 | n
             else:
-                p = list(live)[rnd(len(live))]
-                tag, n = live.pop(p)
+                k = rnd(len(live))           # pick a random live block without
+                for p in live:               # copying the keys (boards are small)
+                    if k == 0:
+                        break
+                    k -= 1
+                v = live.pop(p)
+                tag, n = v >> 16, v & 0xFFFF
                 if contents(p, n) != bytes([tag]) * n:
                     problems.append(('overwritten', step))
                 if op < 8:                   # free
@@ -210,13 +215,13 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
                     m = 1 + rnd(400)
                     q = krealloc(p, m)
                     if q is None:
-                        live[p] = (tag, n)
+                        live[p] = v
                     else:
                         keep = min(n, m)
                         if contents(q, keep) != bytes([tag]) * keep:
                             problems.append(('lost in krealloc', step))
                         memset(q, tag, m)
-                        live[q] = (tag, m)
+                        live[q] = tag << 16 | m
             if step % 100 == 0:
                 largest = stats()['largest_free']
                 if kmalloc(largest + 1) is not None:
@@ -227,7 +232,8 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
                 kfree(whole)
             if step % 500 == 0:
                 check()
-        for p, (tag, n) in live.items():
+        for p, v in live.items():
+            tag, n = v >> 16, v & 0xFFFF
             if contents(p, n) != bytes([tag]) * n:
                 problems.append(('overwritten at the end', p))
             kfree(p)
