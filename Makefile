@@ -17,9 +17,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+# The suite once per target: the unix port and the virtual board (kmem deployed as .mpy
+# through mpremote, as on a real board), each with an RP2040- and an ESP32-sized heap.
+# Tests that do not use the board (marker host_only, set automatically) run only in the first.
 test: mpy-check $(STAMP)
 	$(PY) -m pytest --target unix:rpi_pico
-	$(PY) -m pytest --target unix:esp32_generic
+	$(PY) -m pytest --target unix:esp32_generic -m "not host_only"
+	$(PY) -m pytest --target vboard:rpi_pico -m "not host_only"
+	$(PY) -m pytest --target vboard:esp32_generic -m "not host_only"
 
 # Every firmware .py must compile for the real boards (armv6m: rpi_pico, xtensawin: esp32).
 mpy-check: $(STAMP)
@@ -41,9 +46,29 @@ FLASH_ARGS = $(if $(BOARD),--board $(BOARD)) $(if $(PORT),--port $(PORT)) \
 flash: $(STAMP)
 	$(KMEMHOST).flash $(FLASH_ARGS)
 
+# Put kmem on a board: make deploy [PORT=auto|/dev/ttyACM0|id:SERIAL] [BOARD=rpi_pico]
+#   [DEPLOY=flash|ram|mount]. flash: .mpy for the board's arch in /lib/kmem, changed files
+#   only; ram: a RAM filesystem at /ram until the next reset; mount: served from this
+#   checkout while mpremote runs. Falls back to .py (and says so) if the board's .mpy
+#   version or arch does not match mpy-cross. Also: python -m mpremote mip install ./package.json
+DEPLOY ?= flash
+DEPLOY_ARGS = --port $(or $(PORT),auto) $(if $(BOARD),--board $(BOARD)) --deploy $(DEPLOY)
+
+.PHONY: deploy
+deploy: $(STAMP)
+	$(KMEMHOST).deploy $(DEPLOY_ARGS)
+
 clean:
 	rm -rf build .pytest_cache
 	find tools host_tests -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Virtual board: the unix port behind a pty, used like a USB board; Ctrl-C stops it.
+# make vboard [BOARD=rpi_pico|esp32_generic|unix] [VBOARD_ARGS="--flash DIR --trace"]
+# Prints the pty path, also in build/vboard/BOARD/pty:
+#   mpremote connect $$(cat build/vboard/rpi_pico/pty) repl
+.PHONY: vboard
+vboard: $(STAMP)
+	$(PY) tools/vboard --profile $(or $(BOARD),rpi_pico) --pty-file build/vboard/$(or $(BOARD),rpi_pico)/pty $(VBOARD_ARGS)

@@ -1,8 +1,18 @@
 """Shared fixtures: `target` runs snippets on the board chosen by --target
-(declared in ../conftest.py)."""
+(declared in ../conftest.py, with --deploy and --board).
+
+On a board target (vboard, port, auto, id) kmem is deployed before the first snippet of the
+session, and the board is soft-reset before the first snippet of every test (state lingers
+between the snippets of one test, as it would on a board).
+
+Requirements, detected on the board itself and skipped with the reason:
+  @pytest.mark.requires_native        the native emitter (@micropython.viper compiles)
+  @pytest.mark.requires_heap(bytes)   gc.mem_free() + gc.mem_alloc() >= bytes
+or in a test: `board_info` (a kmemhost.targets.BoardInfo: .native, .heap, .arch, .mpy, ...).
+"""
 import pytest
 
-from kmemhost import build
+from kmemhost import build, targets
 from kmemhost.targets import TargetError, make_target
 
 
@@ -12,10 +22,42 @@ def kmem_mpy_dir():
     return build.build_kmem(build.host_arch())
 
 
+@pytest.fixture(autouse=True)
+def _fresh_board():
+    """Each test starts from a soft-reset board (done lazily, before its first snippet)."""
+    targets.begin_test()
+
+
+def _target(request, **kwargs):
+    config = request.config
+    return make_target(config.getoption("--target"), deploy=config.getoption("--deploy"),
+                       board=config.getoption("--board"), **kwargs)
+
+
+@pytest.fixture
+def board_info(request, kmem_mpy_dir):
+    """What the --target board can do (probed on the board once per session)."""
+    return _target(request, prelude=False, mpy_dir=kmem_mpy_dir).probe()
+
+
+@pytest.fixture(autouse=True)
+def _board_requirements(request):
+    """Skip tests marked requires_native / requires_heap(bytes) the board cannot run."""
+    native = request.node.get_closest_marker("requires_native")
+    heaps = [m.args[0] for m in request.node.iter_markers("requires_heap")]
+    if not native and not heaps:
+        return
+    info = request.getfixturevalue("board_info")
+    why = targets.unmet_requirement(info, request.config.getoption("--target"),
+                                    native=bool(native), heap=max(heaps, default=0))
+    if why:
+        pytest.skip(why)
+
+
 @pytest.fixture
 def target(request, kmem_mpy_dir):
     """A Target whose snippets start with `import kmem; from kmem import *; init(arena_size)`."""
-    return make_target(request.config.getoption("--target"), mpy_dir=kmem_mpy_dir)
+    return _target(request, mpy_dir=kmem_mpy_dir)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -3,13 +3,18 @@ import pytest
 
 from helpers import run
 
-# Each entry rearranges `blocks` (in place where it can: boards have little RAM).
+# Each entry rearranges `blocks` in place: a board's heap has no room for copies.
 FREE_ORDERS = {
     "forward": "pass",
     "reverse": "blocks.reverse()",
-    "odd_then_even": "blocks = blocks[1::2] + blocks[0::2]",
-    "outside_in": "blocks = [blocks[i // 2] if i % 2 == 0 else blocks[-1 - i // 2] "
-                  "for i in range(len(blocks))]",
+    "odd_then_even": '''
+for i in range(count // 2):                 # odd positions first, then the even ones
+    blocks.insert(i, blocks.pop(2 * i + 1))
+''',
+    "outside_in": '''
+for i in range(1, count, 2):                # 0, n-1, 1, n-2, ...
+    blocks.insert(i, blocks.pop())
+''',
     "shuffled": '''
 seed = 12345
 for i in range(len(blocks) - 1, 0, -1):     # Fisher-Yates with a fixed LCG

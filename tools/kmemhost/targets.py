@@ -2,22 +2,36 @@
 
 A Target subclass implements only `_run(script, timeout) -> (stdout, error_text)`;
 the base class adds the kmem prelude, exception parsing and eval's repr round-trip,
-so every kind of target (unix port now, boards over serial later) behaves the same.
+so every kind of target behaves the same:
+
+  unix[:PROFILE]     the unix port in a subprocess per snippet, heap sized like the board
+  vboard[:PROFILE]   the virtual board (tools/vboard) over a pty, through mpremote
+  port:DEVICE        a board on a serial port, through mpremote
+  auto               the first USB MicroPython board (VID:PID from boards/*.json, or
+                     manufacturer "MicroPython"), in `mpremote devs` order
+  id:SERIAL          the board with that USB serial number
+
+Boards (vboard, port, auto, id) get kmem deployed by kmemhost.deploy before their first
+snippet and a soft reset before the first snippet of each test; every serial step has a
+deadline (TargetTimeout "no answer from port:/dev/ttyACM0 within 30s").
 """
 import ast
+import atexit
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
 from . import build
-from .profiles import load_profile
+from .profiles import list_profiles, load_profile
 
 DEFAULT_TIMEOUT = 30  # seconds per snippet
 TRACEBACK_HEADER = "Traceback (most recent call last):"
@@ -95,6 +109,16 @@ class Target:
         Raise TargetTimeout if it does not finish within `timeout` seconds."""
         raise NotImplementedError
 
+    def probe(self):
+        """What the board can do (a BoardInfo: .native, .heap, .arch, .mpy, ...), found by
+        running PROBE on it once per target name and process."""
+        if self.name not in _PROBED:
+            out, err = self._run(PROBE, self.timeout)
+            if err:
+                raise TargetError(*parse_traceback(err), stdout=out, script=PROBE)
+            _PROBED[self.name] = _parse_probe(out, self.name)
+        return _PROBED[self.name]
+
     def exec(self, code, timeout=None):
         """Run `code` after the prelude; return its stdout or raise TargetError."""
         script = self.prelude + textwrap.dedent(code)
@@ -142,6 +166,11 @@ class UnixTarget(Target):
         super().__init__(profile, **kwargs)
         self.micropython, self.mpy_dir = micropython, mpy_dir
 
+    @property
+    def kmem_path(self):
+        """The directory holding kmem/ as the target sees it (here: on MICROPYPATH)."""
+        return str(self.mpy_dir or build.build_kmem(build.host_arch()))
+
     def _run(self, script, timeout):
         self.micropython = self.micropython or find_micropython()
         self.mpy_dir = str(self.mpy_dir or build.build_kmem(build.host_arch()))
@@ -174,26 +203,661 @@ class UnixTarget(Target):
         return out, f"SystemExit: exit status {proc.returncode}\n{err}"
 
 
-def _unix(arg, **kwargs):
+# --- what a board can do -------------------------------------------------------
+
+# sys.implementation._mpy >> 10 -> mpy-cross -march name (MicroPython's MP_NATIVE_ARCH_*).
+MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
+              "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
+
+# Run bare (no prelude) on a fresh board; prints one dict literal.
+PROBE = """\
+import sys, gc
+try:
+ import micropython
+ exec('@micropython.viper\\ndef __kmem_viper(x: int) -> int:\\n return x + 1\\n')
+ __kmem_native = __kmem_viper(1) == 2
+except Exception:
+ __kmem_native = False
+try:
+ import hashlib
+ hashlib.sha256
+ __kmem_sha = True
+except (ImportError, AttributeError):
+ __kmem_sha = False
+gc.collect()
+print(repr({'mpy': getattr(sys.implementation, '_mpy', 0), 'native': __kmem_native,
+ 'heap': gc.mem_free() + gc.mem_alloc(), 'platform': sys.platform,
+ 'machine': getattr(sys.implementation, '_machine', ''),
+ 'version': tuple(sys.implementation.version), 'path': list(sys.path), 'sha256': __kmem_sha}))
+"""
+
+
+class BoardInfo:
+    """What the probe found on a board: .mpy version/arch, native emitter, heap, sys.path."""
+
+    def __init__(self, mpy=0, native=False, heap=0, platform="", machine="", version=(),
+                 path=(), sha256=False):
+        self.mpy_raw = mpy
+        self.mpy_version = mpy & 0xFF          # 6 for MicroPython 1.22+
+        self.mpy_sub = (mpy >> 8) & 3          # 3 for 1.29
+        index = mpy >> 10
+        self.arch_index = index
+        self.arch = MPY_ARCHES[index] if index < len(MPY_ARCHES) else f"arch#{index}"
+        self.native, self.heap, self.platform, self.machine = native, heap, platform, machine
+        self.version, self.path, self.sha256 = tuple(version), list(path), sha256
+
+    @property
+    def mpy(self):
+        return f"{self.mpy_version}.{self.mpy_sub}" if self.mpy_version else "none"
+
+    def __repr__(self):
+        return (f"<BoardInfo {self.platform} mpy v{self.mpy} arch {self.arch} "
+                f"native={self.native} heap={self.heap}>")
+
+
+def unmet_requirement(info, name, native=False, heap=0):
+    """Why a board (its BoardInfo) cannot run a test needing the native emitter and/or a
+    heap of `heap` bytes; None when it can. (pytest markers requires_native/requires_heap.)"""
+    if native and not info.native:
+        return f"needs the native emitter (@micropython.viper); {name} has none"
+    if heap and info.heap < heap:
+        return f"needs a {heap}-byte MicroPython heap; {name} has {info.heap}"
+    return None
+
+
+def _parse_probe(out, name):
+    try:
+        return BoardInfo(**ast.literal_eval(out.strip().splitlines()[-1]))
+    except (ValueError, SyntaxError, IndexError, TypeError):
+        raise TargetError("ProbeError", f"unexpected probe output from {name}: {out!r}") from None
+
+
+_PROBED = {}  # target name -> BoardInfo
+
+
+# --- boards over a serial line (real boards and the virtual board), via mpremote ---------
+
+BAUDRATE = 115200
+POLL = 0.05         # seconds one port read may block; deadlines are checked between reads
+WRITE_TIMEOUT = 5   # seconds a write may block (a hung USB device stops draining its buffer)
+DEPLOY_MODES = ("flash", "ram", "mount")
+
+# A snippet runs in two raw-REPL execs. The first compiles it: the source exists only during
+# that exec, so while the snippet runs only its bytecode takes heap (as on the unix port,
+# which reads a file; a plain raw-REPL exec would keep the source in RAM all along). The
+# second runs it, so that sys.exit() behaves as on the unix port (a board's raw REPL would
+# soft-reset) and tracebacks name "snippet.py".
+_COMPILE = """\
+__kmem_c = {src!r}
+try:
+ __kmem_c = compile(__kmem_c, 'snippet.py', 'exec')
+except NameError:
+ pass
+"""
+_RUN = """\
+__import__('gc').collect()
+def __kmem_exit(c):
+ class SystemExit(Exception):
+  pass
+ if c is None or c == 0:
+  return
+ raise SystemExit(('exit status %d' % c) if isinstance(c, int) else ('exit status 1\\n' + str(c)))
+try:
+ exec(__kmem_c)
+except SystemExit as __kmem_e:
+ __kmem_exit(__kmem_e.args[0] if __kmem_e.args else None)
+"""
+
+
+class TargetUnavailable(ConnectionError):
+    """The board cannot be used: port missing or busy, board gone, or given up on.
+    Deliberately not a TargetError."""
+
+
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+
+
+class _Rebooted(Exception):
+    """The board printed "MPY: soft reboot" while running a snippet."""
+
+
+class _Expired(Exception):
+    """The current serial step ran past its deadline (raised inside the wire)."""
+
+
+class _Wire:
+    """Stands in for the pyserial port under mpremote's SerialTransport so that no read or
+    write blocks past the current step's deadline (time.monotonic(); None = no limit)."""
+
+    _FORWARD = ("rts", "dtr", "baudrate")
+
+    def __init__(self, port):
+        object.__setattr__(self, "_port", port)
+        object.__setattr__(self, "deadline", None)
+        object.__setattr__(self, "timeout", None)  # mpremote's mount sets it; reads use POLL
+        object.__setattr__(self, "received", 0)    # bytes read in the current step
+        port.timeout = POLL
+        port.write_timeout = WRITE_TIMEOUT
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+    def __setattr__(self, name, value):
+        if name in self._FORWARD:
+            setattr(self._port, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _check(self):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _Expired()
+
+    def read(self, n=1):
+        data = b""
+        while True:
+            self._check()
+            data += self._port.read(n - len(data))
+            self.received += len(data)
+            if len(data) >= n:
+                return data
+
+    def inWaiting(self):
+        self._check()
+        return self._port.in_waiting
+
+    @property
+    def in_waiting(self):
+        return self.inWaiting()
+
+    def write(self, data):
+        self._check()
+        import serial
+        try:
+            return self._port.write(data)
+        except serial.SerialTimeoutException:
+            raise _Expired() from None
+
+
+def _profiles_by_usb_id():
+    ids = {}
+    for name in list_profiles():
+        for vid_pid in load_profile(name).get("usb_vid_pid", []):
+            ids.setdefault(vid_pid.lower(), name)
+    return ids
+
+
+def list_ports():
+    """Serial ports as mpremote lists them (`mpremote devs`)."""
+    import serial.tools.list_ports
+    return sorted(serial.tools.list_ports.comports())
+
+
+def _usb_id(p):
+    return f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None
+
+
+def _describe_ports(ports):
+    if not ports:
+        return "no serial ports at all"
+    return "; ".join(" ".join(f"{p.device} {_usb_id(p) or 'no-usb-id'} {p.manufacturer or ''} "
+                              f"{p.product or ''} serial {p.serial_number or '-'}".split())
+                     for p in ports)
+
+
+def micropython_ports():
+    """[(port info, profile name or None)] for ports that look like MicroPython boards: a USB
+    VID:PID listed in boards/*.json usb_vid_pid, or manufacturer "MicroPython"."""
+    ids = _profiles_by_usb_id()
+    found = []
+    for p in list_ports():
+        usb = _usb_id(p)
+        if usb is None:
+            continue
+        if usb in ids or (p.manufacturer or "") == "MicroPython":
+            found.append((p, ids.get(usb)))
+    return found
+
+
+def resolve_port(spec):
+    """"auto", "id:SERIAL", "port:DEVICE" or "DEVICE" -> (device, profile name or None).
+    TargetUnavailable, at once, when no such board or port is present."""
+    if spec == "auto":
+        found = micropython_ports()
+        if not found:
+            raise TargetUnavailable(
+                "no MicroPython board found (looked for USB VID:PID "
+                f"{', '.join(sorted(_profiles_by_usb_id()))} or manufacturer MicroPython); "
+                f"ports: {_describe_ports(list_ports())}")
+        return found[0][0].device, found[0][1]
+    if spec.startswith("id:"):
+        serial_number = spec[3:]
+        for p in list_ports():
+            if p.serial_number == serial_number:
+                return p.device, _profiles_by_usb_id().get(_usb_id(p))
+        raise TargetUnavailable(f"no serial port with USB serial number {serial_number!r}; "
+                                f"ports: {_describe_ports(list_ports())}")
+    device = spec[5:] if spec.startswith("port:") else spec
+    if not device:
+        raise ValueError("port: needs a device, e.g. port:/dev/ttyACM0")
+    if os.name == "posix" and "://" not in device and not os.path.exists(device):
+        boards = ", ".join(p.device for p, _ in micropython_ports()) or "none"
+        raise TargetUnavailable(f"port {device} not found (MicroPython boards connected: {boards})")
+    real = os.path.realpath(device)
+    for p in list_ports():
+        if os.path.realpath(p.device) == real:
+            return device, _profiles_by_usb_id().get(_usb_id(p))
+    return device, None
+
+
+def port_problem(device):
+    """Why `device` cannot be opened now (missing, busy, not permitted), or None."""
+    import serial
+    if os.name == "posix" and "://" not in device and not os.path.exists(device):
+        return f"port {device} not found"
+    try:
+        s = serial.serial_for_url(device, do_not_open=True, exclusive=True)
+        s.open()
+        s.close()
+    except (serial.SerialException, OSError, ValueError) as e:
+        text = str(e)
+        if "lock" in text or "busy" in text.lower() or "temporarily unavailable" in text:
+            return (f"port {device} is busy: another program has it open (mpremote, a serial "
+                    f"monitor, Thonny, another test run?) [{text}]")
+        if "ermission denied" in text:
+            return (f"no permission to open {device} (on Linux add yourself to the dialout "
+                    f"group and log in again) [{text}]")
+        return f"cannot open {device}: {text}"
+    return None
+
+
+class SerialBoard:
+    """One MicroPython board on a serial port, shared by every Target naming it in this
+    process: mpremote's SerialTransport in raw REPL, kmem deployed once, and a soft reset
+    before the first snippet of each test (see begin_test).
+
+    Every serial step (open, soft reset, each deploy exec, each snippet) has a deadline; a
+    board that stops answering raises TargetTimeout and is interrupted (Ctrl-C). When a soft
+    reset fails even after reconnecting, the board is given up on for the session: later
+    snippets raise TargetUnavailable at once instead of waiting again."""
+
+    def __init__(self, device, name, profile, deploy="flash", arch=None, timeout=DEFAULT_TIMEOUT):
+        self.device, self.name, self.profile = device, name, profile
+        self.deploy_mode, self.arch, self.timeout = deploy, arch, timeout
+        self.transport = self.wire = None
+        self.info = None        # BoardInfo, probed before deploying
+        self.deployment = None  # deploy.Deployment once kmem is on the board
+        self.fresh = False      # soft-reset and not used since
+        self.failed = None      # why the board was given up on
+        self.log = []           # deploy messages, for reports
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"
+
+    # -- connection --------------------------------------------------------------
+    def _device(self):
+        return self.device
+
+    def open(self):
+        """Open the port (raw REPL is entered by the next soft reset)."""
+        if self.transport:
+            return self.transport
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+        device = self._device()
+        try:
+            t = SerialTransport(device, baudrate=BAUDRATE)
+        except TransportError as e:
+            raise TargetUnavailable(f"{self.name}: {port_problem(device) or e}") from None
+        self.wire = t.serial = _Wire(t.serial)
+        self.transport = t
+        return t
+
+    def close(self):
+        t, self.transport, self.fresh = self.transport, None, False
+        if t is not None:
+            try:
+                self._unmount(t)
+                if self.wire:
+                    self.wire.deadline = time.monotonic() + 1
+                t.exit_raw_repl()
+            except Exception:  # noqa: BLE001 - closing a board that may be gone
+                pass
+            try:
+                t.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @staticmethod
+    def _unmount(t):
+        if getattr(t, "mounted", False):  # a soft reset unmounts on the board anyway
+            t.serial = t.serial.orig_serial
+            t.mounted = False
+
+    # -- steps ---------------------------------------------------------------------
+    def step(self, timeout, partial=None):
+        """Context manager: the serial work inside must finish within `timeout` seconds."""
+        return _Step(self, timeout, partial)
+
+    def soft_reset(self, timeout=None):
+        timeout = timeout or self.timeout
+        t = self.open()
+        self._unmount(t)
+        with self.step(timeout):
+            t.enter_raw_repl(soft_reset=True, timeout_overall=timeout + 1)  # our deadline first
+        if self.deployment is not None:
+            self.deployment.after_reset(self)
+        self.fresh = True
+
+    def run(self, script, timeout=None):
+        """Run `script` in the raw REPL: (stdout, error text), "" when it raised nothing.
+        A board that resets while running it (crash, machine.soft_reset(); the vboard
+        restarts a crashed interpreter) gives error text "Crash: ..." at once."""
+        timeout = timeout or self.timeout
+        t = self.open()
+        out = bytearray()
+
+        def consume(data):
+            out.extend(data)
+            if out.endswith(SOFT_REBOOT):
+                raise _Rebooted()
+
+        try:
+            with self.step(timeout, out):
+                t.exec_raw_no_follow(script.encode())
+                t.read_until(1, b"\x04", timeout=None, data_consumer=consume)
+                err = t.read_until(1, b"\x04", timeout=None)
+        except _Rebooted:
+            self.fresh = False
+            text = out[:-len(SOFT_REBOOT)].decode("utf-8", "replace")
+            return text, f"Crash: {self.name} reset while running the snippet ({SOFT_REBOOT.decode().strip()})"
+        return (out[:-1].decode("utf-8", "replace"), err[:-1].decode("utf-8", "replace"))
+
+    def exec(self, code, timeout=None):
+        """Run `code` as is (no prelude, no wrapper); return stdout or raise TargetError."""
+        out, err = self.run(code, timeout)
+        out = out.replace("\r\n", "\n")
+        if err:
+            raise TargetError(*parse_traceback(err), stdout=out, script=code)
+        return out
+
+    def probe(self):
+        self.info = _parse_probe(self.exec(PROBE), self.name)
+        return self.info
+
+    # -- lifecycle -------------------------------------------------------------------
+    restart_on_timeout = False  # a real board that ignores Ctrl-C needs a hard reset
+
+    def prepare(self):
+        """Make the board ready for a snippet: connected, kmem deployed, soft-reset if used
+        since the test began. Tries once more after reconnecting (a board that rebooted or a
+        virtual board that crashed); after that the board is given up on."""
+        if self.failed:
+            raise TargetUnavailable(f"{self.failed} (given up on for this session)")
+        if self.fresh:
+            return
+        from .deploy import DeployError
+        for attempt in (1, 2):
+            try:
+                return self._prepare()
+            except (DeployError, TargetError) as e:
+                self.failed = f"{self.name}: deploying kmem failed: {e}"
+                raise TargetUnavailable(self.failed) from e
+            except (TargetTimeout, TargetUnavailable) as e:
+                self.close()
+                if attempt == 2 or (isinstance(e, TargetTimeout) and not self.restart_on_timeout):
+                    self.failed = str(e)
+                    raise
+
+    def _prepare(self):
+        from . import deploy
+        if self.deployment is None or self.transport is None:
+            self.deployment = None
+            self.soft_reset()
+            self.probe()
+            self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch)
+            self.log = self.deployment.messages()
+        self.soft_reset()
+
+
+class _Step:
+    def __init__(self, board, timeout, partial):
+        self.board, self.timeout, self.partial = board, timeout, partial
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        self.board.wire.deadline = self.start + self.timeout
+        self.board.wire.received = 0
+
+    def __exit__(self, type_, e, tb):
+        import serial
+        from mpremote.transport import TransportError, TransportExecError
+        board = self.board
+        board.wire.deadline = None
+        if e is None:
+            return False
+        partial = bytes(self.partial or b"").decode("utf-8", "replace").replace("\r\n", "\n")
+        if isinstance(e, _Expired):
+            board.fresh = False
+            try:  # stop whatever runs on the board (a hung board ignores it)
+                board.wire.deadline = time.monotonic() + 1
+                board.wire.write(b"\r\x03\x03")
+            except Exception:  # noqa: BLE001
+                pass
+            finally:
+                board.wire.deadline = None
+            raise TargetTimeout(board.name, self.timeout, partial) from None
+        if isinstance(e, TransportExecError):  # mpremote's own snippets (mount) raised
+            raise TargetError(*parse_traceback(e.error_output)) from None
+        if isinstance(e, (TransportError, struct.error)) and not board.wire.received:
+            # mpremote gave up on a silent line first (its own 10 s between bytes)
+            board.close()
+            raise TargetTimeout(board.name, round(time.monotonic() - self.start)) from None
+        if isinstance(e, (TransportError, struct.error)):
+            board.close()
+            raise TargetUnavailable(f"{board.name}: not talking MicroPython's raw REPL protocol "
+                                    f"({type(e).__name__}: {e})") from e
+        if isinstance(e, (serial.SerialException, OSError)):
+            board.close()
+            raise TargetUnavailable(f"{board.name}: lost the connection ({type(e).__name__}: {e})") from e
+        return False
+
+
+_BOARDS = {}  # key -> SerialBoard shared by the targets of this process
+
+
+def _dispose(board):
+    if board is not None:
+        board.close()
+        if hasattr(board, "remove_flash"):
+            board.remove_flash()
+
+
+def begin_test():
+    """A new test starts: every board gets a soft reset before its next snippet."""
+    for board in _BOARDS.values():
+        board.fresh = False
+
+
+def close_all():
+    """Close every board this process opened (virtual ones: stopped, flash deleted)."""
+    while _BOARDS:
+        _dispose(_BOARDS.popitem()[1])
+
+
+atexit.register(close_all)
+
+
+class SerialTarget(Target):
+    """A board over a serial port (mpremote raw REPL). kmem is deployed before the first
+    snippet (python -m kmemhost.deploy does the same), and the board is soft-reset before the
+    first snippet of every test. `deploy`: flash | ram | mount (see kmemhost.deploy)."""
+
+    kind = "port"
+
+    def __init__(self, device, profile=None, deploy="flash", arch=None, mpy_dir=None,
+                 micropython=None, **kwargs):
+        if deploy not in DEPLOY_MODES:
+            raise ValueError(f"unknown deploy mode {deploy!r}; expected one of {', '.join(DEPLOY_MODES)}")
+        super().__init__(profile or GENERIC_PROFILE, **kwargs)
+        self.device, self.deploy, self.arch = device, deploy, arch
+
+    @property
+    def name(self):
+        return f"port:{self.device}"
+
+    @property
+    def _key(self):
+        return ("port", os.path.realpath(self.device) if os.name == "posix" else self.device)
+
+    def _new_board(self):
+        return SerialBoard(self.device, self.name, self.profile, self.deploy, self.arch,
+                           self.timeout)
+
+    @property
+    def board(self):
+        """The SerialBoard shared by every target naming this board in this process."""
+        board = _BOARDS.get(self._key)
+        if board is None:
+            board = _BOARDS[self._key] = self._new_board()
+        if (board.deploy_mode, board.arch) != (self.deploy, self.arch):
+            board.deploy_mode, board.arch, board.deployment = self.deploy, self.arch, None
+        return board
+
+    def connect(self):
+        """Open the port now (clear error if missing or busy); no bytes are exchanged."""
+        self.board.open()
+
+    def close(self):
+        """Close the board (a vboard is stopped and its flash deleted)."""
+        _dispose(_BOARDS.pop(self._key, None))
+
+    def probe(self):
+        """The board's BoardInfo, probed on the freshly reset board before deploying."""
+        board = self.board
+        board.prepare()
+        return board.info
+
+    @property
+    def kmem_path(self):
+        """Where kmem/ was deployed on the board: /lib, /ram or /remote."""
+        board = self.board
+        board.prepare()
+        return board.deployment.package_parent
+
+    def _run(self, script, timeout):
+        board = self.board
+        board.prepare()
+        out, err = board.run(_COMPILE.format(src=script), timeout)
+        if err:
+            return out, err
+        more, err = board.run(_RUN, timeout)
+        return out + more, err
+
+
+class VirtualBoardSerial(SerialBoard):
+    """A SerialBoard whose port is a tools/vboard virtual board started on first use, with
+    its flash in a temporary directory kept for the session (deleted by close)."""
+
+    restart_on_timeout = True  # a hung virtual board is restarted once
+
+    def __init__(self, profile, **kwargs):
+        super().__init__(None, f"vboard:{profile['name']}", profile, **kwargs)
+        self.vboard = self.flash_dir = None
+
+    def _device(self):
+        if self.vboard is None:
+            try:
+                from .vboard import VirtualBoard
+            except ImportError as e:
+                raise TargetUnavailable(f"{self.name}: the virtual board is not available ({e})") from None
+            if self.flash_dir is None:
+                self.flash_dir = tempfile.mkdtemp(prefix=f"kmem-vboard-{self.profile['name']}-")
+            self.vboard = VirtualBoard(self.profile["name"], self.flash_dir)
+            try:
+                self.device = self.vboard.start()
+            except Exception as e:  # noqa: BLE001 - report, do not hang
+                self.vboard = None
+                raise TargetUnavailable(f"{self.name}: the virtual board did not start: {e}") from None
+        return self.device
+
+    def close(self):
+        super().close()
+        vb, self.vboard = self.vboard, None
+        if vb is not None:
+            try:
+                vb.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def remove_flash(self):
+        if self.flash_dir:
+            shutil.rmtree(self.flash_dir, ignore_errors=True)
+            self.flash_dir = None
+
+
+class VboardTarget(SerialTarget):
+    """The virtual board (tools/vboard): the unix port behind a pty, emulating the profile's
+    heap, reached through mpremote exactly like a real board (kmem deployed as .mpy for the
+    arch the board reports - the host's)."""
+
+    kind = "vboard"
+
+    def __init__(self, profile="rpi_pico", **kwargs):
+        kwargs.pop("device", None)
+        super().__init__(None, profile, **kwargs)
+
+    @property
+    def name(self):
+        return f"vboard:{self.profile['name']}"
+
+    @property
+    def _key(self):
+        return ("vboard", self.profile["name"])
+
+    def _new_board(self):
+        return VirtualBoardSerial(self.profile, deploy=self.deploy, arch=self.arch,
+                                  timeout=self.timeout)
+
+    def connect(self):
+        """Nothing to check before the board starts (lazily, on the first snippet)."""
+
+
+# A board that matches no profile: kmem's default arena; heap and arch come from the board.
+GENERIC_PROFILE = {"name": "generic", "description": "a MicroPython board without a profile",
+                   "board_id": "unknown", "mpy_arch": None, "heap_size": None,
+                   "arena_size": 32768, "usb_vid_pid": [], "flash": {"method": "none"}}
+
+
+def _unix(arg, deploy=None, arch=None, board=None, **kwargs):
     return UnixTarget(arg or "unix", **kwargs)
 
 
-def _not_yet(arg, **kwargs):
-    raise NotImplementedError("this target kind is planned but not implemented yet")
+def _vboard(arg, board=None, **kwargs):
+    return VboardTarget(arg or "rpi_pico", **kwargs)
 
 
-# Target kinds by spec prefix. Hook for later kinds: "vboard[:PROFILE]" (emulated
-# board), "port:/dev/ttyX" (real board via mpremote), "auto" (detect by usb_vid_pid).
-KINDS = {"unix": _unix, "vboard": _not_yet, "port": _not_yet, "auto": _not_yet}
+def _port(spec, board=None, **kwargs):
+    device, found = resolve_port(spec)
+    profile = board or found
+    return SerialTarget(device, load_profile(profile) if profile else None, **kwargs)
+
+
+# Target kinds by spec prefix.
+KINDS = {"unix": _unix, "vboard": _vboard,
+         "port": lambda arg, **kw: _port("port:" + arg, **kw),
+         "auto": lambda arg, **kw: _port("auto", **kw),
+         "id": lambda arg, **kw: _port("id:" + arg, **kw)}
+SPECS = "unix[:PROFILE], vboard[:PROFILE], port:DEVICE, auto, id:SERIAL"
 
 
 def make_target(spec="unix", **kwargs):
-    """Create a Target from a spec like "unix" or "unix:rpi_pico"."""
+    """Create a Target from a spec: unix[:PROFILE] (default), vboard[:PROFILE],
+    port:DEVICE, auto (first USB MicroPython board) or id:SERIAL (by USB serial number).
+    kwargs: prelude, timeout, mpy_dir (unix), deploy and arch (boards), board (profile of a
+    port/auto/id board when its USB id names none)."""
     kind, _, arg = spec.partition(":")
-    if kind not in KINDS:
-        raise ValueError(f"unknown target {spec!r}; expected one of: "
-                         "unix[:PROFILE], vboard[:PROFILE], port:DEVICE, auto")
-    try:
-        return KINDS[kind](arg, **kwargs)
-    except NotImplementedError as e:
-        raise NotImplementedError(f"target {spec!r}: {e}") from None
+    if kind not in KINDS or (kind == "auto" and arg):
+        raise ValueError(f"unknown target {spec!r}; expected one of: {SPECS}")
+    if kind in ("port", "id") and not arg:
+        raise ValueError(f"target {spec!r} needs a value: {kind}:{'DEVICE' if kind == 'port' else 'SERIAL'}")
+    return KINDS[kind](arg, **kwargs)

@@ -1,0 +1,496 @@
+"""Put kmem on a MicroPython board (make deploy; the test harness does the same before a
+board run).
+
+python -m kmemhost.deploy [--port auto|DEVICE|port:DEVICE|id:SERIAL] [--board PROFILE]
+                          [--deploy flash|ram|mount] [--arch ARCH] [--py] [--timeout S]
+
+Modes:
+  flash (default)  kmem/*.mpy in <lib>/kmem on the board's filesystem, <lib> being the first
+                   sys.path entry ending in /lib (as mip picks it; /lib on rp2 and esp32).
+                   A file is copied only when its sha256, computed on the board, differs
+                   from the host's; files in <lib>/kmem that are not part of kmem (a .py
+                   left from a .py deploy, a removed module) are deleted. Survives resets.
+  ram              the same files on a RAM filesystem mounted at /ram, put first on
+                   sys.path; flash is not touched. A read-only romfs image (vfs.VfsRom;
+                   about the files' size, .mpy bytecode runs in place) where the firmware
+                   has VfsRom, else a littlefs RAM disk (about 1.3x). It lives in the
+                   MicroPython heap and is gone at the next reset, so the test harness
+                   rebuilds it after every soft reset (a full copy per test).
+  mount            nothing is copied: the host directory with the build is mounted at
+                   /remote over the serial line (mpremote's `mount`) and put first on
+                   sys.path. Lasts while the host serves it; the harness remounts after every
+                   soft reset. From the command line this hands over to
+                   `mpremote connect PORT mount DIR` (a REPL with kmem importable).
+  ram and mount cost heap (the image, or mpremote's mount code): with a ~110 KiB ESP32
+  heap the test suite needs flash (kmem's 32 KiB arena no longer fits with mount).
+
+.mpy or .py: mpy-cross compiles for the native arch the board reports in
+sys.implementation._mpy (bits 10+; a profile whose mpy_arch differs is reported, not
+obeyed: the virtual board emulates a board's heap on the host's arch). When the board's
+.mpy version (low byte, and sub-version in bits 8-9) differs from what mpy-cross emits,
+when --arch names another arch than the board's, or with --py, the .py sources are deployed
+instead, and the tool says why.
+
+After copying, `import kmem` is run on the board to check that it loads from where it was
+put (a frozen kmem or a /kmem on the filesystem would shadow /lib/kmem).
+"""
+import argparse
+import base64
+import hashlib
+import os
+import sys
+
+from . import build
+from .profiles import ProfileError, load_profile
+from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, GENERIC_PROFILE, MPY_ARCHES, SerialBoard,
+                      TargetError, TargetTimeout, TargetUnavailable, resolve_port)
+
+PACKAGE = "kmem"
+CHUNK = 768            # raw bytes per write call: 1 KiB of base64 in the board's source
+CHUNKS_PER_EXEC = 4    # write calls per raw-REPL exec (~4 KiB of source to compile)
+RAM_MOUNT = "/ram"
+RAM_BLOCK = 512
+RAM_FS = "auto"        # ram mode: "romfs" where the firmware has vfs.VfsRom, else "littlefs"
+MOUNT_POINT = "/remote"  # mpremote's fixed mount point
+
+
+class DeployError(Exception):
+    pass
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def mpy_header(data):
+    """(version, sub-version, arch index) from a .mpy file's first bytes."""
+    if len(data) < 4 or data[:1] != b"M":
+        raise DeployError("not a .mpy file")
+    return data[1], data[2] & 3, data[2] >> 2
+
+
+def local_files(kind, arch=None):
+    """(host dir to mount, {"kmem/name": bytes}) for kind "mpy" (built for arch) or "py"."""
+    if kind == "mpy":
+        top = build.build_kmem(arch)
+        pattern = "*.mpy"
+    else:
+        top = build.FIRMWARE
+        pattern = "*.py"
+    files = {p.relative_to(top).as_posix(): p.read_bytes()
+             for p in sorted((top / PACKAGE).rglob(pattern))}
+    if not files:
+        raise DeployError(f"no {pattern} files under {top / PACKAGE}")
+    return top, files
+
+
+def choose(info, profile, arch=None, py=False):
+    """Decide what to deploy for the probed board: (kind "mpy"|"py", arch, files, host dir, notes)."""
+    notes = []
+    want = profile.get("mpy_arch")
+    if want and info.arch and want != info.arch:
+        notes.append(f"the board reports arch {info.arch}, profile {profile['name']} says {want}: "
+                     f"compiling for {info.arch}, the board's")
+
+    def py_sources(why):
+        top, files = local_files("py")
+        return "py", None, files, top, notes + [f"{why}: deploying the .py sources instead"]
+
+    if py:
+        return py_sources("asked for .py (--py)")
+    if not info.mpy_version:
+        return py_sources("the board reports no .mpy support (no sys.implementation._mpy)")
+    if arch and arch != info.arch:
+        return py_sources(f".mpy files compiled for {arch} cannot load on a board reporting "
+                          f"arch {info.arch or 'none'}")
+    if info.arch is None:
+        return py_sources("the board has no native code emitter (arch none), and kmem's .mpy "
+                          "files hold native code")
+    if info.arch not in MPY_ARCHES:
+        return py_sources(f"the board reports an arch unknown to this tool ({info.arch})")
+    try:
+        top, files = local_files("mpy", info.arch)
+    except build.BuildError as e:
+        return py_sources(f"mpy-cross failed for {info.arch}: {e}")
+    for name, data in files.items():
+        if not mpy_loads(mpy_header(data), info):
+            version, sub, _ = mpy_header(data)
+            return py_sources(f"the board loads .mpy v{info.mpy} but mpy-cross emits "
+                              f"v{version}.{sub} ({name})")
+    return "mpy", info.arch, files, top, notes
+
+
+def mpy_loads(header, info):
+    """Would the board load a .mpy with this (version, sub-version, arch index) header?
+    As MicroPython's loader checks: the version always; sub-version and arch only for
+    files holding native code (bytecode-only files have both 0)."""
+    version, sub, arch = header
+    if version != info.mpy_version:
+        return False
+    return arch == 0 or (sub == info.mpy_sub and arch == info.arch_index)
+
+
+class Deployment:
+    """Where and how kmem was put on a board; after_reset() redoes what a reset undoes."""
+
+    def __init__(self, mode, kind, arch, files, host_dir, package_parent, notes):
+        self.mode, self.kind, self.arch = mode, kind, arch
+        self.files, self.host_dir = files, host_dir
+        self.package_parent = package_parent  # the sys.path entry holding kmem/ on the board
+        self.notes = list(notes)
+        self.copied, self.removed, self.unchanged = [], [], []
+        self.imported_from = None
+        self.ram_fs = None          # ram mode: "romfs" or "littlefs"
+
+    @property
+    def root(self):
+        return f"{self.package_parent}/{PACKAGE}"
+
+    def after_reset(self, board):
+        """A soft reset unmounts /remote and empties RAM: set them up again."""
+        if self.mode == "mount":
+            _mount(board, self.host_dir)
+        elif self.mode == "ram":
+            _ram(board, self.files, Deployment(*self._args()))
+
+    def _args(self):
+        return (self.mode, self.kind, self.arch, self.files, self.host_dir, self.package_parent, ())
+
+    def summary(self):
+        what = f".mpy ({self.arch})" if self.kind == "mpy" else ".py sources"
+        if self.mode == "mount":
+            return f"kmem -> {self.root} as {what}, mounted from {self.host_dir} (nothing copied)"
+        names = lambda xs: f" ({', '.join(xs)})" if xs else ""  # noqa: E731
+        mode = f"ram, {self.ram_fs}" if self.ram_fs else self.mode
+        return (f"kmem -> {self.root} as {what} [{mode}]: copied {len(self.copied)}"
+                f"{names(self.copied)}, unchanged {len(self.unchanged)}, "
+                f"removed {len(self.removed)}{names(self.removed)}")
+
+    def messages(self):
+        return [f"note: {n}" for n in self.notes] + [self.summary()]
+
+
+def lib_dir(info):
+    """The first sys.path entry ending in /lib (not /rom...), as mip picks it."""
+    for p in info.path:
+        if p.endswith("/lib") and not p.startswith("/rom"):
+            return p
+    raise DeployError(f"the board's sys.path has no .../lib directory ({info.path}); "
+                      "use --deploy ram or --deploy mount")
+
+
+# --- on-board snippets --------------------------------------------------------------------
+
+_HASHES = """\
+import os
+try:
+ import hashlib, binascii
+ hashlib.sha256
+except (ImportError, AttributeError):
+ hashlib = None
+def __kmem_hashes(d, rel, out):
+ try:
+  entries = list(os.ilistdir(d))
+ except OSError:
+  return out
+ for e in entries:
+  p = d + '/' + e[0]
+  if e[1] & 0x4000:
+   __kmem_hashes(p, rel + e[0] + '/', out)
+   continue
+  h = None
+  if hashlib:
+   s = hashlib.sha256()
+   b = bytearray(512)
+   with open(p, 'rb') as f:
+    while True:
+     n = f.readinto(b)
+     if not n:
+      break
+     s.update(b if n == 512 else b[:n])
+   h = binascii.hexlify(s.digest()).decode()
+  out[rel + e[0]] = h
+ return out
+print(repr(__kmem_hashes({root!r}, '', {{}})))
+"""
+
+_MAKEDIRS = """\
+import os
+for __kmem_d in {dirs!r}:
+ try:
+  os.mkdir(__kmem_d)
+ except OSError:
+  pass
+"""
+
+_OPEN = """\
+import binascii
+__kmem_f = open({path!r}, 'wb')
+__kmem_w = __kmem_f.write
+__kmem_a = binascii.a2b_base64
+"""
+
+_CLOSE = """\
+__kmem_f.close()
+"""
+
+_REMOVE = """\
+import os
+for __kmem_p in {paths!r}:
+ os.remove(__kmem_p)
+"""
+
+_RAM_DISK = """\
+import sys
+try:
+ import vfs
+except ImportError:
+ import os as vfs
+class __KmemRAMDisk:
+ def __init__(self, blocks):
+  self.n = blocks
+  self.m = memoryview(bytearray(blocks * {bs}))
+ def readblocks(self, block, buf, offset=0):
+  a = block * {bs} + offset
+  buf[:] = self.m[a:a + len(buf)]
+ def writeblocks(self, block, buf, offset=0):
+  a = block * {bs} + offset
+  self.m[a:a + len(buf)] = buf
+ def ioctl(self, op, arg):
+  if op == 4:
+   return self.n
+  if op == 5:
+   return {bs}
+  if op == 6:
+   return 0
+try:
+ vfs.umount({mount!r})
+except OSError:
+ pass
+__kmem_disk = __KmemRAMDisk({blocks})
+vfs.VfsLfs2.mkfs(__kmem_disk)
+vfs.mount(vfs.VfsLfs2(__kmem_disk), {mount!r})
+if {mount!r} not in sys.path:
+ sys.path.insert(0, {mount!r})
+"""
+
+_HAS_ROMFS = """\
+try:
+ import vfs
+except ImportError:
+ import os as vfs
+print(hasattr(vfs, 'VfsRom'))
+"""
+
+_ROM_START = """\
+import binascii
+__kmem_img = bytearray({size})
+__kmem_a = binascii.a2b_base64
+"""
+
+_ROM_MOUNT = """\
+import sys, vfs
+try:
+ vfs.umount({mount!r})
+except OSError:
+ pass
+vfs.mount(vfs.VfsRom(__kmem_img), {mount!r})
+if {mount!r} not in sys.path:
+ sys.path.insert(0, {mount!r})
+"""
+
+_IMPORT_CHECK = """\
+import sys
+for __kmem_m in [m for m in sys.modules if m == 'kmem' or m.startswith('kmem.')]:
+ del sys.modules[__kmem_m]
+import kmem
+print(kmem.__file__)
+"""
+
+
+def remote_hashes(board, root):
+    """{name relative to root: sha256 hex (None without hashlib on the board)}."""
+    import ast
+    out = board.exec(_HASHES.format(root=root))
+    return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def _write(board, path, data):
+    # Straight to the final name (no rename: the unix port's VfsPosix(root), which the vboard
+    # uses as its flash, renames wrongly). An interrupted copy leaves a file whose hash
+    # differs, so the next deploy copies it again.
+    board.exec(_OPEN.format(path=path))
+    chunks = [base64.b64encode(data[i:i + CHUNK]).decode() for i in range(0, len(data), CHUNK)]
+    for i in range(0, len(chunks), CHUNKS_PER_EXEC):
+        board.exec("\n".join(f"__kmem_w(__kmem_a({c!r}))" for c in chunks[i:i + CHUNKS_PER_EXEC]))
+    board.exec(_CLOSE)
+
+
+def _sync(board, files, parent, d, verify=True):
+    """Make parent/kmem hold exactly `files` ({"kmem/name": bytes}), copying only changes."""
+    root = f"{parent}/{PACKAGE}"
+    local = {name[len(PACKAGE) + 1:]: data for name, data in files.items()}
+    remote = remote_hashes(board, root)
+    changed = sorted(n for n, data in local.items() if remote.get(n) != sha256(data))
+    stale = sorted(n for n in remote if n not in local)
+    d.unchanged = sorted(set(local) - set(changed))
+    if changed:
+        dirs, path = [], ""
+        for part in (parent.strip("/").split("/") if parent.strip("/") else []) + [PACKAGE]:
+            path += "/" + part
+            dirs.append(path)
+        for n in changed:  # subpackages
+            for part in n.split("/")[:-1]:
+                path = f"{root}/{part}"
+                if path not in dirs:
+                    dirs.append(path)
+        board.exec(_MAKEDIRS.format(dirs=dirs))
+    for n in changed:
+        _write(board, f"{root}/{n}", local[n])
+    if stale:
+        board.exec(_REMOVE.format(paths=[f"{root}/{n}" for n in stale]))
+    d.copied, d.removed = changed, stale
+    if any(h is None for h in remote.values()) or (local and board.info and not board.info.sha256):
+        d.notes.append("the board has no hashlib.sha256: every file is copied every time")
+    elif verify and (changed or stale):
+        after = remote_hashes(board, root)
+        wrong = sorted(n for n, data in local.items() if after.get(n) != sha256(data))
+        if wrong or set(after) != set(local):
+            raise DeployError(f"after copying, {root} on the board does not match the host "
+                              f"(differs: {', '.join(wrong) or 'the file list'}); serial errors?")
+
+
+def _ram(board, files, d):
+    """kmem on a RAM filesystem at /ram: a read-only romfs image (vfs.VfsRom, ~ the files'
+    size; .mpy bytecode runs in place) where the firmware has it, else a littlefs RAM disk
+    (~1.3x the files' size). RAM_FS forces one ("romfs" / "littlefs")."""
+    fs = RAM_FS
+    if fs == "auto":
+        fs = "romfs" if board.exec(_HAS_ROMFS).strip().endswith("True") else "littlefs"
+    d.ram_fs = fs
+    if fs == "romfs":
+        from mpremote.romfs import VfsRomWriter
+        rom = VfsRomWriter()
+        rom.opendir(PACKAGE)
+        for name, data in sorted(files.items()):
+            rom.mkfile(name[len(PACKAGE) + 1:], data)
+        rom.closedir()
+        image = rom.finalise()
+        board.exec(_ROM_START.format(size=len(image)))
+        chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
+                  for i in range(0, len(image), CHUNK)]
+        for k in range(0, len(chunks), CHUNKS_PER_EXEC):
+            board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = __kmem_a({c!r})"
+                                  for i, c in chunks[k:k + CHUNKS_PER_EXEC]))
+        board.exec(_ROM_MOUNT.format(mount=RAM_MOUNT))
+        d.copied = sorted(name[len(PACKAGE) + 1:] for name in files)
+    else:
+        blocks = sum(-(-len(data) // RAM_BLOCK) + 1 for data in files.values())
+        blocks = int((blocks + 8) * 1.3) + 4
+        board.exec(_RAM_DISK.format(bs=RAM_BLOCK, blocks=blocks, mount=RAM_MOUNT))
+        _sync(board, files, RAM_MOUNT, d)
+
+
+def _mount(board, host_dir):
+    t = board.transport
+    with board.step(board.timeout):
+        t.mount_local(str(host_dir))
+    board.exec(f"import sys\nif {MOUNT_POINT!r} not in sys.path:\n sys.path.insert(0, {MOUNT_POINT!r})")
+
+
+def _check_import(board, d):
+    try:
+        out = board.exec(_IMPORT_CHECK)
+    except TargetError as e:
+        raise DeployError(f"kmem was put in {d.root} but `import kmem` fails on the board: {e}") from e
+    path = out.strip().splitlines()[-1] if out.strip() else ""
+    d.imported_from = path
+    if not path.startswith(d.root + "/"):
+        raise DeployError(
+            f"`import kmem` on the board loads {path}, not the deployed {d.root}: a kmem earlier "
+            f"on sys.path shadows it (frozen into the firmware, or a kmem/ in the current "
+            f"directory); remove it, e.g. `mpremote rm -r :kmem`")
+    ext = ".mpy" if d.kind == "mpy" else ".py"
+    if not path.endswith(ext):
+        raise DeployError(f"`import kmem` on the board loads {path}, expected a {ext} file")
+
+
+def deploy(board, mode="flash", arch=None, py=False, info=None, log=None):
+    """Put kmem on `board` (a SerialBoard in raw REPL); return a Deployment.
+
+    `info` (a targets.BoardInfo) defaults to the board's probe; pass a modified one to
+    simulate another board. Leaves kmem imported: soft-reset the board before use."""
+    if mode not in DEPLOY_MODES:
+        raise DeployError(f"unknown deploy mode {mode!r}; expected one of {', '.join(DEPLOY_MODES)}")
+    info = info or board.info or board.probe()
+    kind, arch, files, host_dir, notes = choose(info, board.profile, arch, py)
+    if mode == "flash":
+        d = Deployment(mode, kind, arch, files, host_dir, lib_dir(info), notes)
+        _sync(board, files, d.package_parent, d)
+    elif mode == "ram":
+        d = Deployment(mode, kind, arch, files, host_dir, RAM_MOUNT, notes)
+        _ram(board, files, d)
+    else:
+        d = Deployment(mode, kind, arch, files, host_dir, MOUNT_POINT, notes)
+        _mount(board, host_dir)
+    _check_import(board, d)
+    for message in d.messages():
+        (log or (lambda m: None))(message)
+    return d
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m kmemhost.deploy",
+                                 description=__doc__.split("\n")[0],
+                                 epilog="Modes and the .mpy/.py choice: see the module docstring "
+                                        "(tools/kmemhost/deploy.py).")
+    ap.add_argument("--port", default="auto",
+                    help="DEVICE, port:DEVICE, auto (first USB MicroPython board; default) or id:SERIAL")
+    ap.add_argument("--board", help="board profile (boards/NAME.json); default: from the USB VID:PID")
+    ap.add_argument("--deploy", choices=DEPLOY_MODES, default="flash", help="default: flash")
+    ap.add_argument("--arch", help="mpy-cross -march to compile for (default: the board's; "
+                                   "another than the board's deploys .py)")
+    ap.add_argument("--py", action="store_true", help="deploy the .py sources")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                    help=f"seconds per serial step (default {DEFAULT_TIMEOUT})")
+    args = ap.parse_args(argv)
+    board = None
+    try:
+        device, found = resolve_port(args.port)
+        name = args.board or found
+        profile = load_profile(name) if name else GENERIC_PROFILE
+        board = SerialBoard(device, f"port:{device}", profile, timeout=args.timeout)
+        board.soft_reset()
+        info = board.probe()
+        print(f"{board.name}: profile {profile['name']}; MicroPython "
+              f"{'.'.join(map(str, info.version[:3]))} on {info.platform}, .mpy v{info.mpy}, "
+              f"arch {info.arch or 'none'}, heap {info.heap} bytes")
+        if args.deploy == "mount":
+            kind, arch, files, host_dir, notes = choose(info, profile, args.arch, args.py)
+            for n in notes:
+                print(f"note: {n}")
+            board.close()
+            cmd = [sys.executable, "-m", "mpremote", "connect", device, "mount", str(host_dir)]
+            print(f"kmem -> {MOUNT_POINT}/{PACKAGE} from {host_dir}, served while this runs "
+                  f"(Ctrl-X leaves):\n  {' '.join(cmd)}", flush=True)
+            os.execv(sys.executable, cmd)
+        deploy(board, mode=args.deploy, arch=args.arch, py=args.py, info=info, log=print)
+        if args.deploy == "flash":
+            board.soft_reset()
+        else:
+            print(f"kmem is in RAM at {RAM_MOUNT} until the next reset; keep it with "
+                  f"`mpremote connect {device} resume repl`")
+    except (TargetUnavailable, TargetTimeout, TargetError, DeployError, ProfileError,
+            build.BuildError, ValueError) as e:
+        print(f"deploy failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if board is not None:
+            board.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
