@@ -125,6 +125,18 @@ _MOUNT_ARGS = {1: "s", 2: "s", 3: "", 4: "ss", 5: "b", 6: "bi", 7: "b", 8: "bs",
 _STDIN_FRAME = b'  File "<stdin>", line 1, in <module>\n'
 
 
+
+def _flush_tty_input(path):
+    """Discard unread input queued on the tty at path (gone already: nothing to do)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
 class VBoardError(RuntimeError):
     pass
 
@@ -255,14 +267,7 @@ class _Interpreter:
 
     def flush_input(self):
         """Discard input it has not read yet, as a terminal does on Ctrl-C."""
-        try:
-            fd = os.open(self.tty_name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            try:
-                termios.tcflush(fd, termios.TCIFLUSH)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        _flush_tty_input(self.tty_name)
 
     def reap(self, timeout=KILL_TIMEOUT):
         """Wait for the process (it has closed its pty); kill it if it lingers."""
@@ -534,14 +539,7 @@ class VirtualBoard:
         self._trace("--", "client disconnected")
         # Output the client did not read stays in the pty for the next one: drop it,
         # as a USB board's unread output dies with the connection.
-        try:
-            fd = os.open(self._client_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            try:
-                termios.tcflush(fd, termios.TCIFLUSH)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        _flush_tty_input(self._client_path)
         self._next_connect_check = time.monotonic() + CONNECT_POLL
 
     def _emit(self, data):
