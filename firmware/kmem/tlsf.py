@@ -333,16 +333,26 @@ def malloc(arena, n: int, kind: int) -> int:
 
 
 @micropython.viper
-def free(arena, p: int, kind: int) -> int:
-    # 0 when freed; -1 if p is not a live payload; -2 if it is of another kind.
+def _owned_block(arena, p: int, kind: int) -> int:
+    # Header offset of the live block at payload p when it is of this kind;
+    # -1 if p is not a live payload, -2 if the block is of another kind.
     a = ptr32(arena)
     b = int(live_block(arena, p))
     if b < 0:
         return -1
-    hdr = a[b >> 2]
-    if (hdr >> _KIND_SHIFT) & 3 != kind:
+    if (a[b >> 2] >> _KIND_SHIFT) & 3 != kind:
         return -2
-    size = hdr & _SIZE_MASK
+    return b
+
+
+@micropython.viper
+def free(arena, p: int, kind: int) -> int:
+    # 0 when freed; -1 / -2 as _owned_block(). Changes nothing unless it frees.
+    a = ptr32(arena)
+    b = int(_owned_block(arena, p, kind))
+    if b < 0:
+        return b
+    size = a[b >> 2] & _SIZE_MASK
     _mark_live(arena, p, 0)
     a[_W_USED] = a[_W_USED] - (size - HEADER)
     a[_W_LIVE] = a[_W_LIVE] - 1
@@ -356,12 +366,10 @@ def realloc(arena, p: int, n: int) -> int:
     # Resize a kmalloc block in place: p when done, 0 when it must move,
     # -1 / -2 as free(). Never changes anything when it returns <= 0.
     a = ptr32(arena)
-    b = int(live_block(arena, p))
+    b = int(_owned_block(arena, p, KIND_PLAIN))
     if b < 0:
-        return -1
+        return b
     hdr = a[b >> 2]
-    if (hdr >> _KIND_SHIFT) & 3 != KIND_PLAIN:
-        return -2
     size = hdr & _SIZE_MASK
     need = int(_block_size_for(arena, n))
     if need > size:
