@@ -95,14 +95,18 @@ class Heap:
                                     -2 if found >= 0 else -1, kind)
         return ptr
 
-    def _span(self, ptr, n, fn):
-        # Offset of ptr when [ptr, ptr+n) lies inside one live block.
-        _need_size(n, "n")
+    def _bounds(self, ptr, fn):
+        # (offset of ptr, offset of the end of the live block that holds it).
         off = -1 if ptr is None else self._offset(ptr, fn)
         start = tlsf.block_containing(self.arena, off) if off >= 0 else -1
         if start < 0:
             raise ValueError("%s: 0x%08x is not inside a live block" % (fn, ptr or 0))
-        end = start + tlsf.usable(self.arena, start)
+        return off, start + tlsf.usable(self.arena, start)
+
+    def _span(self, ptr, n, fn):
+        # Offset of ptr when [ptr, ptr+n) lies inside one live block.
+        _need_size(n, "n")
+        off, end = self._bounds(ptr, fn)
         if off + n > end:
             raise ValueError("%s: %d bytes at 0x%08x run past the end of the block (0x%08x)"
                              % (fn, n, ptr, self.base + end))
@@ -243,15 +247,15 @@ class Heap:
     def view(self, ptr, n=None):
         """A memoryview of n bytes at ptr (default: up to the end of its block)."""
         if n is None:
-            off = self._span(ptr, 0, "view")
-            n = tlsf.block_containing(self.arena, off)
-            n += tlsf.usable(self.arena, n) - off
-        off = self._span(ptr, n, "view")
+            off, end = self._bounds(ptr, "view")
+            n = end - off
+        else:
+            off = self._span(ptr, n, "view")
         return memoryview(self.arena)[off:off + n]
 
     def addressof(self, ptr):
         """The real machine address of a kernel address (for uctypes or viper)."""
-        return uctypes.addressof(self.arena) + self._span(ptr, 0, "addressof")
+        return uctypes.addressof(self.arena) + self._bounds(ptr, "addressof")[0]
 
     def vma(self, ptr):
         """A uctypes view of the VM_AREA_STRUCT at ptr."""
