@@ -18,7 +18,11 @@
 # Keep everything the stock firmware freezes (asyncio, neopixel, ...). RPI_PICO and
 # ESP32_GENERIC have no board manifest of their own; for a board that has one
 # (RPI_PICO_W, ...) include "$(BOARD_DIR)/manifest.py" instead.
-include("$(PORT_DIR)/boards/manifest.py")
+# (The emulated board's build includes this file with port_manifest=False: the qemu port
+# has no boards/manifest.py.)
+options.defaults(port_manifest=True)
+if options.port_manifest:
+    include("$(PORT_DIR)/boards/manifest.py")
 
 # firmware/kmem/**/*.py -> frozen modules kmem/__init__.py, kmem/tlsf.py, ...
 package("kmem", base_path="../firmware")

@@ -1,0 +1,323 @@
+"""The emulated RP2040-class board: MicroPython's qemu port (BOARD=MICROBIT) under QEMU.
+
+QEMU's microbit machine with 256 KiB of RAM at 0x20000000 is a Cortex-M0: armv6m, the
+RP2040's instruction set and RAM base. The firmware is real bare-metal MicroPython (its
+own raw REPL, soft reset, 31-bit small ints, a 192 KiB heap); its UART is a pty that
+mpremote drives exactly like a USB board. boards/qemu_microbit.json holds the numbers.
+
+python -m kmemhost.qemu build [--src DIR|TARBALL]   (make qemu-firmware [MICROPYTHON_SRC=...])
+    From a MicroPython source tree (a checkout, v1.28 or later, or a .tar.gz of one;
+    default $MICROPYTHON_SRC, else ../shared/micropython/*.tar.gz) build into build/qemu/:
+      firmware.elf       no kmem: it arrives by `mpremote mount` or a ROMFS image
+      firmware-kmem.elf  kmem frozen in from boards/manifest.py
+    The source is unpacked or copied into build/qemu/src; the user's tree is never touched.
+python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]
+    Start the board; print its pty (mpremote connect PTY repl). --romfs loads kmem as a
+    ROMFS image (mounted at /rom by the firmware). Ctrl-C stops it.
+
+Frozen armv6m native code: MicroPython's tools/mpy-tool.py aligns it to 2 bytes, but
+py/asmthumb.c loads 32-bit constants on armv6m assuming a 4-byte-aligned code start, so a
+viper function at an address of 2 mod 4 reads wrong constants (kmem then hands out one
+address twice and faults). The build adds MP_NATIVE_ARCH_ARMV6M to mpy-tool's 4-byte list
+in its copy when the tree lacks it, and checks the linked symbol table afterwards.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from . import ROOT, build
+from .profiles import load_profile
+
+PROFILE = "qemu_microbit"
+OUT = build.BUILD / "qemu"
+FIRMWARES = {False: OUT / "firmware.elf", True: OUT / "firmware-kmem.elf"}
+SHARED_SOURCES = ROOT.parent / "shared" / "micropython"
+APT_LINE = ("sudo apt-get install -y --no-install-recommends gcc-arm-none-eabi "
+            "libnewlib-arm-none-eabi qemu-system-arm")
+BUILD_TIMEOUT = 900  # seconds for one make; a cold build takes about 30 s
+START_TIMEOUT = 10   # seconds for QEMU to report its pty
+
+
+class QemuError(RuntimeError):
+    """The emulated board cannot be built or started; the message says what to do."""
+
+
+def missing_tools(*tools):
+    return [t for t in tools if not shutil.which(t)]
+
+
+def require_tools(*tools):
+    missing = missing_tools(*tools)
+    if missing:
+        raise QemuError(f"{', '.join(missing)} not found; install the toolchain: {APT_LINE}")
+
+
+def default_source():
+    """$MICROPYTHON_SRC, else the tarball in ../shared/micropython, else None."""
+    if os.environ.get("MICROPYTHON_SRC"):
+        return Path(os.environ["MICROPYTHON_SRC"]).expanduser()
+    tarballs = sorted(SHARED_SOURCES.glob("*.tar.gz"))
+    return tarballs[-1] if tarballs else None
+
+
+def available():
+    """Why the qemu board cannot be built here (toolchain or source missing), or None."""
+    missing = missing_tools("arm-none-eabi-gcc", "arm-none-eabi-nm", "qemu-system-arm")
+    if missing:
+        return f"{', '.join(missing)} not found ({APT_LINE})"
+    if default_source() is None:
+        return "no MicroPython source (set MICROPYTHON_SRC to a checkout or .tar.gz)"
+    return None
+
+
+# --- the source tree, copied into build/qemu/src ---------------------------------------------
+
+def _copy_ignore(directory, names):
+    # Skip git metadata, build outputs and git submodules (a .git entry below the top):
+    # the qemu port needs none of them, and a full checkout's submodules are gigabytes.
+    skip = {n for n in names if n == ".git" or n.startswith("build")}
+    for n in names:
+        if n not in skip and os.path.exists(os.path.join(directory, n, ".git")):
+            skip.add(n)
+    return skip
+
+
+def prepare_source(src, log=print):
+    """Unpack or copy the MicroPython tree `src` into build/qemu/src; return its top dir."""
+    src = Path(src).expanduser().resolve()
+    dest = OUT / "src"
+    stamp = dest / ".source"
+    if src.is_dir():
+        if not (src / "ports" / "qemu" / "Makefile").is_file():
+            raise QemuError(f"{src} is not a MicroPython source tree (no ports/qemu/Makefile)")
+        top = dest / "micropython"
+        # copy2 keeps mtimes, so make rebuilds only what changed in the user's tree.
+        shutil.copytree(src, top, ignore=_copy_ignore, dirs_exist_ok=True, copy_function=shutil.copy2)
+        stamp.write_text(str(src))
+        return top
+    if not src.is_file() or not src.name.endswith((".tar.gz", ".tgz", ".tar")):
+        raise QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a .tar.gz of one")
+    identity = f"{src} {src.stat().st_size} {src.stat().st_mtime_ns}"
+    with tarfile.open(src) as tar:
+        first = tar.next()
+        top = dest / (first.name.split("/")[0] if first else "micropython")
+        if not (stamp.is_file() and stamp.read_text() == identity and top.is_dir()):
+            log(f"unpacking {src.name} into {dest}")
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            tar.extractall(dest, filter="data")
+            stamp.write_text(identity)
+    if not (top / "ports" / "qemu" / "Makefile").is_file():
+        raise QemuError(f"{src} does not hold a MicroPython source tree (no ports/qemu/Makefile)")
+    return top
+
+
+# The tuple of arches mpy-tool aligns to 4 bytes, e.g. (MP_NATIVE_ARCH_ARMV6, ..., XTENSAWIN).
+_FOUR_BYTE_ARCHES = re.compile(r"if config\.native_arch in \(\s*MP_NATIVE_ARCH_ARMV6,(?P<rest>[^)]*)\)")
+
+
+def fix_mpy_tool(top, log=print):
+    """Make tools/mpy-tool.py (in the copy) align frozen armv6m native code to 4 bytes.
+    Returns "present", "applied" or "not found" (the symbol check still guards the build)."""
+    path = top / "tools" / "mpy-tool.py"
+    text = path.read_text()
+    m = _FOUR_BYTE_ARCHES.search(text)
+    if m is None:
+        log("note: tools/mpy-tool.py has an unfamiliar shape; the alignment fix was not applied "
+            "(the symbol check below still catches misaligned kmem code)")
+        return "not found"
+    if "MP_NATIVE_ARCH_ARMV6M" in m.group("rest"):
+        return "present"
+    at = m.start("rest")
+    path.write_text(text[:at] + "\n            MP_NATIVE_ARCH_ARMV6M," + text[at:])
+    log("note: this MicroPython's tools/mpy-tool.py aligns frozen armv6m native code to 2 bytes; "
+        "applied the fix to the copy in build/qemu/src (MP_NATIVE_ARCH_ARMV6M added to the "
+        "arches aligned to 4 bytes)")
+    return "applied"
+
+
+def misaligned_native_functions(elf, frozen_c):
+    """[(symbol, address)] of kmem's frozen native functions not on a 4-byte boundary.
+    The names come from mpy-tool's output (native code carries a .text section attribute;
+    bytecode does not), the addresses from the linked symbol table."""
+    native = set(re.findall(r"static const byte (fun_data_kmem\w*)\[\d+\] __attribute__\(\(section",
+                            Path(frozen_c).read_text()))
+    if not native:
+        raise QemuError(f"{frozen_c}: no frozen kmem native code (was kmem frozen with "
+                        "-march=armv6m?)")
+    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    addresses = {parts[2]: int(parts[0], 16) for parts in map(str.split, out.splitlines())
+                 if len(parts) == 3 and parts[2] in native}
+    if set(addresses) != native:
+        raise QemuError(f"{elf}: {len(native - set(addresses))} of kmem's native functions are "
+                        "missing from the symbol table")
+    return sorted((name, a) for name, a in addresses.items() if a % 4)
+
+
+def _make(args, log):
+    cmd = ["make", f"-j{os.cpu_count() or 2}", *args]
+    log("$ " + " ".join(cmd))
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise QemuError(f"make did not finish within {BUILD_TIMEOUT}s: {' '.join(cmd)}") from None
+    if res.returncode:
+        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-25:])
+        raise QemuError(f"make failed ({' '.join(cmd)}):\n{tail}")
+
+
+def build_firmware(src=None, log=print):
+    """Build both firmwares into build/qemu/ and check the frozen one; return their paths."""
+    require_tools("arm-none-eabi-gcc", "arm-none-eabi-nm", "make")
+    src = src or default_source()
+    if src is None:
+        raise QemuError("no MicroPython source: make qemu-firmware MICROPYTHON_SRC=DIR "
+                        "(a MicroPython checkout, v1.28 or later) or MICROPYTHON_SRC=FILE.tar.gz")
+    top = prepare_source(src, log)
+    fix_mpy_tool(top, log)
+    qemu = load_profile(PROFILE)["qemu"]
+    port = top / "ports" / "qemu"
+    _make(["-C", str(top / "mpy-cross")], log)
+    # kmem frozen through boards/manifest.py; the qemu port has no manifest of its own.
+    manifest = OUT / "manifest.py"
+    manifest.write_text(f"include({str(ROOT / 'boards' / 'manifest.py')!r}, port_manifest=False)\n")
+    # The port insists on micropython-lib for any frozen manifest; kmem needs none of it,
+    # and a fresh checkout or the tarball has the submodule empty.
+    no_lib = OUT / "no-micropython-lib"
+    no_lib.mkdir(exist_ok=True)
+    (no_lib / "README.md").write_text("kmem's frozen build uses nothing from micropython-lib.\n")
+    for frozen, elf in FIRMWARES.items():
+        builddir = OUT / ("build-kmem" if frozen else "build-plain")
+        # make does not see a change to mpy-tool.py; regenerating this file is cheap.
+        (builddir / "frozen_content.c").unlink(missing_ok=True)
+        _make(["-C", str(port), f"BOARD={qemu['board']}", f"BUILD={builddir}",
+               f"FROZEN_MANIFEST={manifest if frozen else ''}", f"MPY_LIB_DIR={no_lib}",
+               *qemu["make_args"]], log)
+        shutil.copy2(builddir / "firmware.elf", elf)
+    bad = misaligned_native_functions(FIRMWARES[True], OUT / "build-kmem" / "frozen_content.c")
+    if bad:
+        listed = ", ".join(f"{name} at 0x{addr:08x}" for name, addr in bad[:5])
+        raise QemuError(f"{FIRMWARES[True]}: {len(bad)} frozen kmem native function(s) are not "
+                        f"4-byte aligned ({listed}); armv6m viper code would read wrong "
+                        "constants. tools/mpy-tool.py needs MP_NATIVE_ARCH_ARMV6M among the "
+                        "arches aligned to 4 bytes")
+    for elf in FIRMWARES.values():
+        log(f"built {elf.relative_to(ROOT)}")
+    return dict(FIRMWARES)
+
+
+# --- running the board -----------------------------------------------------------------------
+
+def romfs_image(arch="armv6m"):
+    """build/qemu/kmem-romfs.img: kmem's .mpy for `arch` under /kmem (mpremote's ROMFS writer)."""
+    from mpremote.romfs import VfsRomWriter
+    mpy_dir = build.build_kmem(arch)
+    rom = VfsRomWriter()
+    rom.opendir("kmem")
+    for path in sorted((mpy_dir / "kmem").glob("*.mpy")):
+        rom.mkfile(path.name, path.read_bytes())
+    rom.closedir()
+    image = OUT / "kmem-romfs.img"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(rom.finalise())
+    return image
+
+
+class QemuBoard:
+    """One qemu-system-arm process with the UART on a pty; stop() kills it by its PID."""
+
+    def __init__(self, frozen=False, romfs=None):
+        self.frozen, self.romfs = frozen, romfs
+        self.proc = None
+        self.pty = None
+
+    def command(self):
+        qemu = load_profile(PROFILE)["qemu"]
+        firmware = FIRMWARES[self.frozen]
+        if not firmware.is_file():
+            raise QemuError(f"{firmware.relative_to(ROOT)} not built; run `make qemu-firmware`")
+        cmd = ["qemu-system-arm", *qemu["args"], "-nographic", "-monitor", "null",
+               "-serial", "pty", "-kernel", str(firmware)]
+        if self.romfs:
+            cmd += ["-device", f"loader,file={self.romfs},addr={qemu['romfs_start']},force-raw=on"]
+        return cmd
+
+    def start(self, timeout=START_TIMEOUT):
+        """Start QEMU; return the pty device once QEMU has reported it."""
+        require_tools("qemu-system-arm")
+        cmd = self.command()
+        # Own session: a Ctrl-C meant for pytest must not reach QEMU first.
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        deadline, text = time.monotonic() + timeout, b""
+        while time.monotonic() < deadline:
+            text += self.proc.stdout.read() or b""
+            m = re.search(rb"char device redirected to (\S+)", text)
+            if m:
+                self.pty = m.group(1).decode()
+                return self.pty
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise QemuError(f"QEMU did not report its pty within {timeout}s: "
+                        f"{text.decode(errors='replace').strip() or 'no output'} ({' '.join(cmd)})")
+
+    def stop(self):
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=5)
+            proc.stdout.close()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m kmemhost.qemu", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build build/qemu/firmware.elf and firmware-kmem.elf")
+    b.add_argument("--src", help="MicroPython checkout or .tar.gz (default $MICROPYTHON_SRC, "
+                                 "else ../shared/micropython/*.tar.gz)")
+    r = sub.add_parser("run", help="start the emulated board and print its pty")
+    r.add_argument("--frozen", action="store_true", help="the firmware with kmem frozen in")
+    r.add_argument("--romfs", action="store_true", help="load kmem as a ROMFS image (/rom/kmem)")
+    r.add_argument("--pty-file", help="also write the pty path here (removed on exit)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "build":
+            build_firmware(args.src)
+            return 0
+        board = QemuBoard(args.frozen, romfs_image() if args.romfs else None)
+        pty = board.start()
+    except (QemuError, build.BuildError) as e:
+        print(f"qemu: {e}", file=sys.stderr)
+        return 1
+    if args.pty_file:
+        Path(args.pty_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.pty_file).write_text(pty + "\n")
+    print(pty, flush=True)
+    print(f"QEMU pid {board.proc.pid}; in another terminal: .venv/bin/mpremote connect {pty} repl"
+          f"{'' if args.frozen or args.romfs else ' (kmem: add `mount build/armv6m` before repl)'}"
+          "; Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        board.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+        if args.pty_file:
+            Path(args.pty_file).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
