@@ -17,14 +17,37 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# The suite once per target: the unix port and the virtual board (kmem deployed as .mpy
-# through mpremote, as on a real board), each with an RP2040- and an ESP32-sized heap.
-# Tests that do not use the board (marker host_only, set automatically) run only in the first.
+# The suite once per target: the unix port with an RP2040- and an ESP32-sized heap, the
+# virtual board (kmem deployed as .mpy into its flash through mpremote, as on a real board),
+# then the emulated Cortex-M0 board (test-qemu). Tests that do not use the board (marker
+# host_only, set automatically) run only in the first.
 test: mpy-check $(STAMP)
 	$(PY) -m pytest --target unix:rpi_pico
 	$(PY) -m pytest --target unix:esp32_generic -m "not host_only"
 	$(PY) -m pytest --target vboard:rpi_pico -m "not host_only"
-	$(PY) -m pytest --target vboard:esp32_generic -m "not host_only"
+	$(MAKE) --no-print-directory test-qemu
+
+# The suite on the emulated board: kmem as a ROMFS image, then frozen into the firmware.
+# Skipped, and said so, without the ARM toolchain, QEMU or a MicroPython source; with
+# KMEM_REQUIRE_QEMU=1 (.ci/run) a skip is an error.
+.PHONY: test-qemu qemu-firmware qemu
+test-qemu: $(STAMP)
+	@why=$$($(KMEMHOST).qemu check) || { \
+	  if [ -n "$(KMEM_REQUIRE_QEMU)" ]; then echo "test-qemu: required, but $$why" >&2; exit 1; fi; \
+	  echo "*** SKIPPED the qemu targets: $$why"; echo "*** (README: The emulated board)"; exit 0; }; \
+	$(MAKE) --no-print-directory qemu-firmware && \
+	$(PY) -m pytest --target qemu --deploy romfs -m "not host_only" && \
+	$(PY) -m pytest --target qemu --deploy frozen -m "not host_only"
+
+# Build the emulated board's firmware into build/qemu/ (firmware.elf, firmware-kmem.elf):
+#   make qemu-firmware [MICROPYTHON_SRC=~/micropython or FILE.tar.gz]
+# (default: ../shared/micropython/*.tar.gz). Needs gcc-arm-none-eabi, libnewlib-arm-none-eabi.
+qemu-firmware: $(STAMP)
+	$(KMEMHOST).qemu build $(if $(MICROPYTHON_SRC),--src $(MICROPYTHON_SRC))
+
+# Start the emulated board; prints its pty: make qemu [QEMU_ARGS="--romfs" or "--frozen"]
+qemu: qemu-firmware
+	$(KMEMHOST).qemu run --pty-file build/qemu/pty $(QEMU_ARGS)
 
 # Every firmware .py must compile for the real boards (armv6m: rpi_pico, xtensawin: esp32).
 mpy-check: $(STAMP)

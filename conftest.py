@@ -27,10 +27,13 @@ def pytest_addoption(parser):
     parser.addoption("--target", default="unix",
                      help=f"where snippets run: {SPECS} (default unix), e.g. unix:rpi_pico, "
                           "vboard:esp32_generic, port:/dev/ttyACM0")
-    parser.addoption("--deploy", default="flash", choices=DEPLOY_MODES,
+    parser.addoption("--deploy", default=None, choices=DEPLOY_MODES,
                      help="how kmem gets onto a board target: flash (copy .mpy to /lib/kmem, "
-                          "changed files only; default), ram (a RAM disk, redone after every "
-                          "soft reset) or mount (served from the host over the serial line)")
+                          "changed files only; default for boards), ram (a RAM disk, redone "
+                          "after every soft reset), mount (served from the host over the "
+                          "serial line), romfs (a ROMFS image on the board; default for "
+                          "qemu) or frozen (kmem frozen into the firmware: with qemu, "
+                          "build/qemu/firmware-kmem.elf)")
     parser.addoption("--board", default=None,
                      help="board profile for port:/auto/id: targets whose USB VID:PID names none")
 
@@ -71,7 +74,7 @@ def pytest_report_header(config):
     t = make_target(config.getoption("--target"), **target_options(config))
     p = t.profile
     heap = f"heap {p['heap_size']} bytes" if p.get("heap_size") else "heap from the board"
-    deploy = f", kmem deploy: {config.getoption('--deploy')}" if t.kind != "unix" else ""
+    deploy = f", kmem deploy: {t.deploy}" if t.kind != "unix" else ""
     return f"kmem target: {t.name} (board {p['board_id']}, {heap}, arena {p['arena_size']} bytes{deploy})"
 
 

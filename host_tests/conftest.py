@@ -35,6 +35,13 @@ def _target(request, **kwargs):
 
 
 @pytest.fixture
+def bare(request, tmp_path):
+    """The --target board (with --deploy and --board) running plain MicroPython: no prelude,
+    nothing on MICROPYPATH."""
+    return _target(request, prelude=False, mpy_dir=tmp_path)
+
+
+@pytest.fixture
 def board_info(request, kmem_mpy_dir):
     """What the --target board can do (probed on the board once per session)."""
     return _target(request, prelude=False, mpy_dir=kmem_mpy_dir).probe()

@@ -21,6 +21,14 @@ Modes:
                    sys.path. Lasts while the host serves it; the harness remounts after every
                    soft reset. From the command line this hands over to
                    `mpremote connect PORT mount DIR` (a REPL with kmem importable).
+  romfs            nothing is copied: the board's ROM filesystem (/rom, vfs.VfsRom in
+                   flash; .mpy bytecode runs in place, no heap) already holds kmem. The
+                   emulated board (--target qemu) gets the image from QEMU at start; on a
+                   board put it there with `mpremote romfs deploy DIR` (DIR holding kmem/).
+                   The files in /rom/kmem are checked against this build (sha256).
+  frozen           nothing is copied: kmem is frozen into the firmware (boards/manifest.py;
+                   --target qemu --deploy frozen runs build/qemu/firmware-kmem.elf).
+                   Only checks that `import kmem` loads the frozen package.
   ram and mount cost heap (the image, or mpremote's mount code): with a ~110 KiB ESP32
   heap the test suite needs flash (kmem's 32 KiB arena no longer fits with mount).
 
@@ -52,6 +60,8 @@ RAM_MOUNT = "/ram"
 RAM_BLOCK = 512
 RAM_FS = "auto"        # ram mode: "romfs" where the firmware has vfs.VfsRom, else "littlefs"
 MOUNT_POINT = "/remote"  # mpremote's fixed mount point
+ROMFS_MOUNT = "/rom"     # where firmware mounts ROMFS partition 0
+FROZEN = ".frozen"       # sys.path entry of frozen modules
 
 
 class DeployError(Exception):
@@ -158,6 +168,10 @@ class Deployment:
 
     def summary(self):
         what = f".mpy ({self.arch})" if self.kind == "mpy" else ".py sources"
+        if self.mode == "frozen":
+            return f"kmem frozen into the firmware (imported as {self.imported_from}; nothing copied)"
+        if self.mode == "romfs":
+            return f"kmem -> {self.root} as {what} in the board's ROMFS image (checked, nothing copied)"
         if self.mode == "mount":
             return f"kmem -> {self.root} as {what}, mounted from {self.host_dir} (nothing copied)"
         names = lambda xs: f" ({', '.join(xs)})" if xs else ""  # noqa: E731
@@ -398,13 +412,34 @@ def _mount(board, host_dir):
     board.exec(f"import sys\nif {MOUNT_POINT!r} not in sys.path:\n sys.path.insert(0, {MOUNT_POINT!r})")
 
 
+def _check_romfs(board, d):
+    remote = remote_hashes(board, d.root)
+    local = {name[len(PACKAGE) + 1:]: sha256(data) for name, data in d.files.items()}
+    if not remote:
+        raise DeployError(f"the board has no {d.root}: no ROMFS image with kmem is mounted "
+                          f"(on a board: mpremote romfs deploy DIR, DIR holding kmem/)")
+    if any(h is not None for h in remote.values()) and remote != local:
+        wrong = sorted(n for n in set(local) | set(remote) if remote.get(n) != local.get(n))
+        raise DeployError(f"the ROMFS image at {d.root} does not hold this build of kmem "
+                          f"(differs: {', '.join(wrong)}); rebuild and load it again")
+    d.unchanged = sorted(local)
+
+
 def _check_import(board, d):
     try:
         out = board.exec(_IMPORT_CHECK)
     except TargetError as e:
-        raise DeployError(f"kmem was put in {d.root} but `import kmem` fails on the board: {e}") from e
+        where = "the firmware" if d.mode == "frozen" else d.root
+        raise DeployError(f"kmem should be in {where} but `import kmem` fails on the board: {e}") from e
     path = out.strip().splitlines()[-1] if out.strip() else ""
     d.imported_from = path
+    if d.mode == "frozen":
+        # Frozen modules report a relative __file__ (kmem/__init__.py); files have a "/".
+        if path.startswith("/"):
+            raise DeployError(f"--deploy frozen, but `import kmem` loads {path} from the "
+                              "filesystem: this firmware has no kmem frozen in, or a kmem "
+                              "on the filesystem shadows it")
+        return
     if not path.startswith(d.root + "/"):
         raise DeployError(
             f"`import kmem` on the board loads {path}, not the deployed {d.root}: a kmem earlier "
@@ -423,8 +458,15 @@ def deploy(board, mode="flash", arch=None, py=False, info=None, log=None):
     if mode not in DEPLOY_MODES:
         raise DeployError(f"unknown deploy mode {mode!r}; expected one of {', '.join(DEPLOY_MODES)}")
     info = info or board.info or board.probe()
+    if mode == "frozen":
+        d = Deployment(mode, "frozen", info.arch, {}, None, FROZEN, [])
+        _check_import(board, d)
+        return _logged(d, log)
     kind, arch, files, host_dir, notes = choose(info, board.profile, arch, py)
-    if mode == "flash":
+    if mode == "romfs":
+        d = Deployment(mode, kind, arch, files, host_dir, ROMFS_MOUNT, notes)
+        _check_romfs(board, d)
+    elif mode == "flash":
         d = Deployment(mode, kind, arch, files, host_dir, lib_dir(info), notes)
         _sync(board, files, d.package_parent, d)
     elif mode == "ram":
@@ -434,6 +476,10 @@ def deploy(board, mode="flash", arch=None, py=False, info=None, log=None):
         d = Deployment(mode, kind, arch, files, host_dir, MOUNT_POINT, notes)
         _mount(board, host_dir)
     _check_import(board, d)
+    return _logged(d, log)
+
+
+def _logged(d, log):
     for message in d.messages():
         (log or (lambda m: None))(message)
     return d

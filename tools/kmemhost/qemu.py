@@ -11,6 +11,8 @@ python -m kmemhost.qemu build [--src DIR|TARBALL]   (make qemu-firmware [MICROPY
       firmware.elf       no kmem: it arrives by `mpremote mount` or a ROMFS image
       firmware-kmem.elf  kmem frozen in from boards/manifest.py
     The source is unpacked or copied into build/qemu/src; the user's tree is never touched.
+python -m kmemhost.qemu check
+    Print why the board cannot be built here (toolchain or source missing); exit 1 if so.
 python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]
     Start the board; print its pty (mpremote connect PTY repl). --romfs loads kmem as a
     ROMFS image (mounted at /rom by the firmware). Ctrl-C stops it.
@@ -72,8 +74,11 @@ def available():
     missing = missing_tools("arm-none-eabi-gcc", "arm-none-eabi-nm", "qemu-system-arm")
     if missing:
         return f"{', '.join(missing)} not found ({APT_LINE})"
-    if default_source() is None:
+    src = default_source()
+    if src is None:
         return "no MicroPython source (set MICROPYTHON_SRC to a checkout or .tar.gz)"
+    if not src.exists():
+        return f"MICROPYTHON_SRC={src} does not exist"
     return None
 
 
@@ -287,6 +292,7 @@ def main(argv=None):
     b = sub.add_parser("build", help="build build/qemu/firmware.elf and firmware-kmem.elf")
     b.add_argument("--src", help="MicroPython checkout or .tar.gz (default $MICROPYTHON_SRC, "
                                  "else ../shared/micropython/*.tar.gz)")
+    sub.add_parser("check", help="say why the board cannot be built here, if it cannot")
     r = sub.add_parser("run", help="start the emulated board and print its pty")
     r.add_argument("--frozen", action="store_true", help="the firmware with kmem frozen in")
     r.add_argument("--romfs", action="store_true", help="load kmem as a ROMFS image (/rom/kmem)")
@@ -296,6 +302,10 @@ def main(argv=None):
         if args.command == "build":
             build_firmware(args.src)
             return 0
+        if args.command == "check":
+            why = available()
+            print(why or "ok: toolchain and MicroPython source found")
+            return 1 if why else 0
         board = QemuBoard(args.frozen, romfs_image() if args.romfs else None)
         pty = board.start()
     except (QemuError, build.BuildError) as e:
@@ -305,6 +315,8 @@ def main(argv=None):
         Path(args.pty_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.pty_file).write_text(pty + "\n")
     print(pty, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop QEMU on kill too
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     print(f"QEMU pid {board.proc.pid}; in another terminal: .venv/bin/mpremote connect {pty} repl"
           f"{'' if args.frozen or args.romfs else ' (kmem: add `mount build/armv6m` before repl)'}"
           "; Ctrl-C stops it", file=sys.stderr, flush=True)

@@ -6,12 +6,14 @@ so every kind of target behaves the same:
 
   unix[:PROFILE]     the unix port in a subprocess per snippet, heap sized like the board
   vboard[:PROFILE]   the virtual board (tools/vboard) over a pty, through mpremote
+  qemu               the emulated Cortex-M0 board (kmemhost.qemu: bare-metal MicroPython
+                     under QEMU, armv6m like the RP2040), its UART on a pty, through mpremote
   port:DEVICE        a board on a serial port, through mpremote
   auto               the first USB MicroPython board (VID:PID from boards/*.json, or
                      manufacturer "MicroPython"), in `mpremote devs` order
   id:SERIAL          the board with that USB serial number
 
-Boards (vboard, port, auto, id) get kmem deployed by kmemhost.deploy before their first
+Boards (vboard, qemu, port, auto, id) get kmem deployed by kmemhost.deploy before their first
 snippet and a soft reset before the first snippet of each test; every serial step has a
 deadline (TargetTimeout "no answer from port:/dev/ttyACM0 within 30s").
 """
@@ -280,7 +282,8 @@ _PROBED = {}  # target name -> BoardInfo
 BAUDRATE = 115200
 POLL = 0.05         # seconds one port read may block; deadlines are checked between reads
 WRITE_TIMEOUT = 5   # seconds a write may block (a hung USB device stops draining its buffer)
-DEPLOY_MODES = ("flash", "ram", "mount")
+RECOVER_TIMEOUT = 5  # seconds for the soft reset after a timeout before reconnecting/restarting
+DEPLOY_MODES = ("flash", "ram", "mount", "romfs", "frozen")
 
 # A snippet runs in two raw-REPL execs. The first compiles it: the source exists only during
 # that exec, so while the snippet runs only its bytecode takes heap (as on the unix port,
@@ -487,6 +490,7 @@ class SerialBoard:
         self.info = None        # BoardInfo, probed before deploying
         self.deployment = None  # deploy.Deployment once kmem is on the board
         self.fresh = False      # soft-reset and not used since
+        self.timed_out = False  # the last step ran out of time (the board may be hung)
         self.failed = None      # why the board was given up on
         self.log = []           # deploy messages, for reports
 
@@ -616,7 +620,10 @@ class SerialBoard:
             self.probe()
             self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch)
             self.log = self.deployment.messages()
-        self.soft_reset()
+        # After a timeout the board may ignore Ctrl-C (the qemu port never sees it while code
+        # runs): do not wait the full timeout before reconnecting or restarting it.
+        self.soft_reset(RECOVER_TIMEOUT if self.timed_out else None)
+        self.timed_out = False
 
 
 class _Step:
@@ -637,7 +644,7 @@ class _Step:
             return False
         partial = bytes(self.partial or b"").decode("utf-8", "replace").replace("\r\n", "\n")
         if isinstance(e, _Expired):
-            board.fresh = False
+            board.fresh, board.timed_out = False, True
             try:  # stop whatever runs on the board (a hung board ignores it)
                 board.wire.deadline = time.monotonic() + 1
                 board.wire.write(b"\r\x03\x03")
@@ -690,12 +697,15 @@ atexit.register(close_all)
 class SerialTarget(Target):
     """A board over a serial port (mpremote raw REPL). kmem is deployed before the first
     snippet (python -m kmemhost.deploy does the same), and the board is soft-reset before the
-    first snippet of every test. `deploy`: flash | ram | mount (see kmemhost.deploy)."""
+    first snippet of every test. `deploy`: flash | ram | mount | romfs | frozen (see
+    kmemhost.deploy; default flash)."""
 
     kind = "port"
+    default_deploy = "flash"
 
-    def __init__(self, device, profile=None, deploy="flash", arch=None, mpy_dir=None,
+    def __init__(self, device, profile=None, deploy=None, arch=None, mpy_dir=None,
                  micropython=None, **kwargs):
+        deploy = deploy or self.default_deploy
         if deploy not in DEPLOY_MODES:
             raise ValueError(f"unknown deploy mode {deploy!r}; expected one of {', '.join(DEPLOY_MODES)}")
         super().__init__(profile or GENERIC_PROFILE, **kwargs)
@@ -754,45 +764,78 @@ class SerialTarget(Target):
         return out + more, err
 
 
-class VirtualBoardSerial(SerialBoard):
-    """A SerialBoard whose port is a tools/vboard virtual board started on first use, with
-    its flash in a temporary directory kept for the session (deleted by close)."""
+class LocalBoard(SerialBoard):
+    """A SerialBoard whose far end this process starts on first use (a virtual or emulated
+    board) and stops in close(). Subclasses implement _start() -> (handle with .stop(), pty)."""
 
-    restart_on_timeout = True  # a hung virtual board is restarted once
+    restart_on_timeout = True  # a hung local board is restarted once
+    what = "board"
 
-    def __init__(self, profile, **kwargs):
-        super().__init__(None, f"vboard:{profile['name']}", profile, **kwargs)
-        self.vboard = self.flash_dir = None
+    def __init__(self, name, profile, **kwargs):
+        super().__init__(None, name, profile, **kwargs)
+        self.process = None
+
+    def _start(self):
+        raise NotImplementedError
 
     def _device(self):
-        if self.vboard is None:
+        if self.process is None:
             try:
-                from .vboard import VirtualBoard
-            except ImportError as e:
-                raise TargetUnavailable(f"{self.name}: the virtual board is not available ({e})") from None
-            if self.flash_dir is None:
-                self.flash_dir = tempfile.mkdtemp(prefix=f"kmem-vboard-{self.profile['name']}-")
-            self.vboard = VirtualBoard(self.profile["name"], self.flash_dir)
-            try:
-                self.device = self.vboard.start()
+                self.process, self.device = self._start()
             except Exception as e:  # noqa: BLE001 - report, do not hang
-                self.vboard = None
-                raise TargetUnavailable(f"{self.name}: the virtual board did not start: {e}") from None
+                self.process = None
+                raise TargetUnavailable(f"{self.name}: the {self.what} did not start: {e}") from None
         return self.device
 
     def close(self):
         super().close()
-        vb, self.vboard = self.vboard, None
-        if vb is not None:
+        process, self.process = self.process, None
+        if process is not None:
             try:
-                vb.stop()
+                process.stop()
             except Exception:  # noqa: BLE001
                 pass
+
+
+class VirtualBoardSerial(LocalBoard):
+    """The tools/vboard virtual board, with its flash in a temporary directory kept for the
+    session (deleted by remove_flash)."""
+
+    what = "virtual board"
+
+    def __init__(self, profile, **kwargs):
+        super().__init__(f"vboard:{profile['name']}", profile, **kwargs)
+        self.flash_dir = None
+
+    def _start(self):
+        from .vboard import VirtualBoard
+        if self.flash_dir is None:
+            self.flash_dir = tempfile.mkdtemp(prefix=f"kmem-vboard-{self.profile['name']}-")
+        vboard = VirtualBoard(self.profile["name"], self.flash_dir)
+        return vboard, vboard.start()
 
     def remove_flash(self):
         if self.flash_dir:
             shutil.rmtree(self.flash_dir, ignore_errors=True)
             self.flash_dir = None
+
+
+class QemuSerial(LocalBoard):
+    """The emulated Cortex-M0 board (kmemhost.qemu): one QEMU per process, started on first
+    use and killed by its PID in close(). With deploy romfs, QEMU loads kmem's ROMFS image
+    into the board's flash (the firmware mounts it at /rom); with frozen, the firmware that
+    has kmem frozen in runs instead."""
+
+    what = "emulated board (QEMU)"
+
+    def __init__(self, profile, **kwargs):
+        super().__init__("qemu", profile, **kwargs)
+
+    def _start(self):
+        from . import qemu
+        image = qemu.romfs_image(self.profile["mpy_arch"]) if self.deploy_mode == "romfs" else None
+        board = qemu.QemuBoard(frozen=self.deploy_mode == "frozen", romfs=image)
+        return board, board.start()
 
 
 class VboardTarget(SerialTarget):
@@ -822,6 +865,49 @@ class VboardTarget(SerialTarget):
         """Nothing to check before the board starts (lazily, on the first snippet)."""
 
 
+class QemuTarget(SerialTarget):
+    """The emulated Cortex-M0 board (boards/qemu_microbit.json) through mpremote, like a USB
+    board. deploy: romfs (default: a ROMFS image QEMU loads), mount, ram, or frozen (the
+    firmware with kmem frozen in, nothing deployed). Build it first: make qemu-firmware."""
+
+    kind = "qemu"
+    default_deploy = "romfs"
+
+    def __init__(self, profile="qemu_microbit", **kwargs):
+        kwargs.pop("device", None)
+        super().__init__(None, profile, **kwargs)
+        if self.deploy == "flash":
+            raise ValueError("--target qemu has no writable flash filesystem; use --deploy "
+                             "romfs (default), mount, ram or frozen")
+
+    @property
+    def name(self):
+        return "qemu"
+
+    @property
+    def _key(self):
+        return ("qemu",)
+
+    def _new_board(self):
+        return QemuSerial(self.profile, deploy=self.deploy, arch=self.arch, timeout=self.timeout)
+
+    @property
+    def board(self):
+        board = _BOARDS.get(self._key)
+        if board is not None and board.deploy_mode != self.deploy:
+            _dispose(_BOARDS.pop(self._key))  # other firmware or image: a new QEMU
+        return super().board
+
+    def connect(self):
+        """Fail early, with what to do, when the firmware or QEMU is missing."""
+        from . import qemu
+        try:
+            qemu.require_tools("qemu-system-arm")
+            qemu.QemuBoard(frozen=self.deploy == "frozen").command()
+        except qemu.QemuError as e:
+            raise TargetUnavailable(f"qemu: {e}") from None
+
+
 # A board that matches no profile: kmem's default arena; heap and arch come from the board.
 GENERIC_PROFILE = {"name": "generic", "description": "a MicroPython board without a profile",
                    "board_id": "unknown", "mpy_arch": None, "heap_size": None,
@@ -836,6 +922,13 @@ def _vboard(arg, board=None, **kwargs):
     return VboardTarget(arg or "rpi_pico", **kwargs)
 
 
+def _qemu(arg, board=None, **kwargs):
+    if arg:
+        raise ValueError(f"target qemu takes no value (got qemu:{arg}); pick the firmware "
+                         "with --deploy: romfs, mount, ram or frozen")
+    return QemuTarget(**kwargs)
+
+
 def _port(spec, board=None, **kwargs):
     device, found = resolve_port(spec)
     profile = board or found
@@ -843,15 +936,15 @@ def _port(spec, board=None, **kwargs):
 
 
 # Target kinds by spec prefix.
-KINDS = {"unix": _unix, "vboard": _vboard,
+KINDS = {"unix": _unix, "vboard": _vboard, "qemu": _qemu,
          "port": lambda arg, **kw: _port("port:" + arg, **kw),
          "auto": lambda arg, **kw: _port("auto", **kw),
          "id": lambda arg, **kw: _port("id:" + arg, **kw)}
-SPECS = "unix[:PROFILE], vboard[:PROFILE], port:DEVICE, auto, id:SERIAL"
+SPECS = "unix[:PROFILE], vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL"
 
 
 def make_target(spec="unix", **kwargs):
-    """Create a Target from a spec: unix[:PROFILE] (default), vboard[:PROFILE],
+    """Create a Target from a spec: unix[:PROFILE] (default), vboard[:PROFILE], qemu,
     port:DEVICE, auto (first USB MicroPython board) or id:SERIAL (by USB serial number).
     kwargs: prelude, timeout, mpy_dir (unix), deploy and arch (boards), board (profile of a
     port/auto/id board when its USB id names none)."""
