@@ -183,8 +183,8 @@ def test_uf2_finds_the_volume_under_media_user(capsys, isolated, uf2):
 
 def test_uf2_ignores_other_uf2_boards_and_refuses_two_picos(capsys, isolated, uf2):
     make_volume(isolated[0] / "RPI-RP2", info="Board-ID: RP2350\n")  # a Pico 2 is not a Pico
-    code, _, err = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2), "--dry-run")
-    assert code == 1 and "no RPI-RP2 volume found" in err
+    code, out, _ = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2), "--dry-run")
+    assert code == 0 and out[-1] == shlex.join(["cp", str(uf2), f"<RPI-RP2 volume>/{uf2.name}"])
     make_volume(isolated[1] / "RPI-RP2")
     make_volume(isolated[1] / "RPI-RP21")
     code, _, err = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2), "--dry-run")
@@ -203,12 +203,21 @@ def test_uf2_without_volume_enters_the_bootloader_over_the_port(capsys, isolated
     ]
 
 
-@pytest.mark.parametrize("dry", [True, False])
-def test_uf2_without_volume_or_port_explains_bootsel(capsys, uf2, dry):
-    code, out, err = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2),
-                         *(["--dry-run"] if dry else []))
+def test_uf2_without_volume_or_port_explains_bootsel(capsys, uf2):
+    code, out, err = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2))
     assert code == 1 and out == []
     assert "no RPI-RP2 volume found" in err and "BOOTSEL" in err
+
+
+def test_uf2_dry_run_needs_no_hardware(capsys, isolated, uf2):
+    code, out, _ = run(capsys, "--board", "rpi_pico", "--firmware", str(uf2), "--dry-run")
+    assert code == 0
+    assert out[1].startswith("# by hand: put the board in BOOTSEL mode: hold the BOOTSEL button")
+    assert out[2:] == [
+        f"wait up to {flash.VOLUME_WAIT}s for the RPI-RP2 volume under "
+        + ", ".join(map(str, isolated)),
+        shlex.join(["cp", str(uf2), f"<RPI-RP2 volume>/{uf2.name}"]),
+    ]
 
 
 def test_uf2_mount_that_is_not_a_volume(capsys, tmp_path, uf2):
@@ -258,7 +267,7 @@ def test_unknown_board_lists_the_profiles(capsys):
     code, out, err = run(capsys, "--board", "teensy41", "--dry-run")
     assert code == 1 and out == []
     assert "unknown board profile 'teensy41'" in err
-    assert "esp32_generic, rpi_pico, unix" in err
+    assert "available: esp32_generic, qemu_microbit, rpi_pico, unix" in err
 
 
 def test_no_board(capsys):
@@ -274,10 +283,11 @@ def test_board_id_is_accepted_as_a_name(capsys, esp_bin):
 
 def test_mpflash_dry_run(capsys, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
-    code, out, _ = run(capsys, "--board", "rpi_pico", "--port", "/dev/ttyACM0",
-                       "--flasher", "mpflash", "--dry-run")
+    code, out, err = run(capsys, "--board", "rpi_pico", "--port", "/dev/ttyACM0",
+                         "--flasher", "mpflash", "--dry-run")
     assert code == 0
     assert out[1:] == ["mpflash flash --board RPI_PICO --serial /dev/ttyACM0"]
+    assert "mpflash is not installed" in err
 
 
 def test_mpflash_needs_port_and_no_firmware_and_says_how_to_install(capsys, monkeypatch, uf2):
@@ -367,14 +377,29 @@ def test_make_flash_passes_the_variables(monkeypatch):
 
 # --- boards/manifest.py ---------------------------------------------------------------------------
 
+class IncludeOptions:
+    """manifestfile.py's `options`: include() keyword arguments, defaults(), None if unset."""
+
+    def __init__(self, **kwargs):
+        self._kwargs = kwargs
+
+    def defaults(self, **kwargs):
+        for name, value in kwargs.items():
+            self._kwargs.setdefault(name, value)
+
+    def __getattr__(self, name):
+        return self._kwargs.get(name)
+
+
 class ManifestRecorder:
     """Evaluates a freeze manifest the way MicroPython's tools/manifestfile.py does:
     exec() with only the manifest API as globals (no __file__), the manifest's directory
     as the current directory, $(VAR) substitution then os.path.abspath for every path,
     and package() collecting base_path/package_path/**/*.py as package_path/**/*.py."""
 
-    def __init__(self, path_vars):
+    def __init__(self, path_vars, **options):
         self.path_vars, self.calls, self.files = path_vars, [], {}
+        self.options = options
 
     def resolve(self, path):
         for name, value in self.path_vars.items():
@@ -388,7 +413,8 @@ class ManifestRecorder:
         api = {n: record(n) for n in ("metadata", "require", "add_library", "module",
                                       "c_module", "freeze", "freeze_as_str",
                                       "freeze_as_mpy", "freeze_mpy")}
-        api.update(include=self.include, package=self.package, options=None)
+        api.update(include=self.include, package=self.package,
+                   options=IncludeOptions(**self.options))
         return api
 
     def include(self, manifest_path, **kwargs):
@@ -426,3 +452,10 @@ def test_manifest_freezes_kmem_on_top_of_the_port_manifest(monkeypatch, tmp_path
     assert (kmem_dir / "__init__.py").is_file()
     expected = sorted("kmem/" + p.relative_to(kmem_dir).as_posix() for p in kmem_dir.rglob("*.py"))
     assert sorted(m.files) == expected and "kmem/__init__.py" in m.files
+
+
+def test_manifest_included_without_the_port_manifest(monkeypatch, tmp_path):
+    # The emulated board's build: include("boards/manifest.py", port_manifest=False).
+    m = ManifestRecorder({"PORT_DIR": str(tmp_path / "ports" / "qemu")}, port_manifest=False)
+    m.execute(str(ROOT / "boards" / "manifest.py"), monkeypatch)
+    assert m.calls == [("package", ("kmem",), {"base_path": str(ROOT / "firmware")})]

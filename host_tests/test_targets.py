@@ -54,7 +54,7 @@ def test_vboard_specs():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("qemu", "unknown target 'qemu'"),
+    ("qemu:frozen", "target qemu takes no value"),
     ("auto:x", "unknown target 'auto:x'"),
     ("port:", "needs a value: port:DEVICE"),
     ("id:", "needs a value: id:SERIAL"),

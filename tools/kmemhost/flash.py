@@ -119,6 +119,19 @@ class Command:
                              f"{shlex.join(argv)}{self.hint}")
 
 
+class ByHand:
+    """A step for the user (dry runs only: a real run stops with the explanation instead)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def describe(self):
+        return f"# by hand: {self.text}"
+
+    def run(self, ctx):
+        raise FlashError(self.text)
+
+
 class WaitForVolume:
     def __init__(self, label, roots, timeout=VOLUME_WAIT):
         self.label, self.roots, self.timeout = label, roots, timeout
@@ -423,15 +436,19 @@ def uf2_plan(profile, args):
             raise FlashError(ambiguous_volumes(label, found))
         volume = found[0] if found else None
         if volume is None:
-            if not args.port:
+            if not args.port and not args.dry_run:
                 raise FlashError(f"no {label} volume found under "
                                  f"{', '.join(map(str, roots))}: the board is not in BOOTSEL "
                                  f"mode; " + BOOTSEL_HELP.format(label=label))
-            steps.append(Command([sys.executable, "-m", "mpremote", "connect", args.port,
-                                  "bootloader"], BOOTLOADER_TIMEOUT, "mpremote bootloader",
-                                 check=False,  # the board drops off USB mid-command
-                                 hint=f"; is MicroPython running on {args.port}? else "
-                                      + BOOTSEL_HELP.format(label=label)))
+            if args.port:
+                steps.append(Command([sys.executable, "-m", "mpremote", "connect", args.port,
+                                      "bootloader"], BOOTLOADER_TIMEOUT, "mpremote bootloader",
+                                     check=False,  # the board drops off USB mid-command
+                                     hint=f"; is MicroPython running on {args.port}? else "
+                                          + BOOTSEL_HELP.format(label=label)))
+            else:  # a dry run needs no hardware: show the plan with the step for the user
+                steps.append(ByHand("put the board in BOOTSEL mode: "
+                                    + BOOTSEL_HELP.format(label=label)))
             steps.append(WaitForVolume(label, roots))
     steps.append(CopyToVolume(shown, volume, label))
     return steps
@@ -505,8 +522,10 @@ def main(argv=None):
         profile = resolve_profile(args.board)
         fl = profile["flash"]
         if fl.get("method") == "none":
-            print(f"{profile['name']}: nothing to flash (flash.method is \"none\": the unix "
-                  f"port runs on this host; try make repl or make test)")
+            runs = ("QEMU runs build/qemu/firmware.elf; try make qemu-firmware, then make qemu"
+                    if "qemu" in profile else "the unix port runs on this host; try make repl "
+                    "or make test")
+            print(f"{profile['name']}: nothing to flash (flash.method is \"none\": {runs})")
             return 0
         steps = plan(profile, args)
         how = "mpflash" if args.flasher == "mpflash" else fl["method"]
@@ -518,6 +537,9 @@ def main(argv=None):
             if fl["method"] == "esptool" and args.flasher != "mpflash" and not have_esptool():
                 print("note: esptool is not installed; a real run would stop and ask for "
                       "`pip install esptool`", file=sys.stderr)
+            if args.flasher == "mpflash" and not os.path.isabs(steps[0].argv[0]):
+                print("note: mpflash is not installed; a real run would stop and ask for "
+                      "`.venv/bin/python -m pip install mpflash`", file=sys.stderr)
             return 0
         preflight(profile, args, steps)
         ctx = Ctx(Path(args.firmware).expanduser().resolve() if args.firmware else None)
