@@ -15,7 +15,7 @@ import pytest
 
 from kmemhost import ROOT, build, deploy
 from kmemhost.profiles import load_profile
-from kmemhost.targets import VirtualBoardSerial
+from kmemhost.targets import VirtualBoardSerial, make_target
 from kmemhost.vboard import VirtualBoard
 
 SOURCES = sorted(p.name for p in (build.FIRMWARE / "kmem").glob("*.py"))
@@ -258,3 +258,26 @@ def test_mip_install_from_the_checkout(tmp_path):
                               "print(kmem.__file__, kmem.ksize(p) >= 12, kmem.check())"],
                              capture_output=True, text=True, timeout=60)
         assert res.stdout == "/lib/kmem/__init__.py True True\n", res.stdout + res.stderr
+
+
+def test_mount_without_a_terminal_says_so(capsys, monkeypatch):
+    # CI and editors' task runners have no terminal for mpremote's REPL: a clear error,
+    # before any port is opened (the port given does not exist).
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert deploy.main(["--deploy", "mount", "--port", "/dev/ttyKMEM-none"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a terminal" in err and "--deploy flash or ram" in err
+
+
+def test_py_beside_mpy_is_reported_at_import(tmp_path, kmem_mpy_dir):
+    # What `mpremote mip install ./package.json` leaves on a board after `make deploy`:
+    # .py and .mpy side by side in one kmem/, where MicroPython imports the .py.
+    both = tmp_path / "kmem"
+    shutil.copytree(kmem_mpy_dir / "kmem", both)
+    for py in (build.FIRMWARE / "kmem").glob("*.py"):
+        shutil.copy(py, both / py.name)
+    out = make_target("unix", prelude=False, mpy_dir=tmp_path).exec("import kmem")
+    assert out.startswith("kmem: warning: importing the .py sources, though ")
+    assert "kmem/__init__.mpy is there too" in out
+    # The usual case says nothing.
+    assert make_target("unix", prelude=False, mpy_dir=kmem_mpy_dir).exec("import kmem") == ""

@@ -3,6 +3,15 @@
 # The seed API (kmalloc, kfree, kernel stacks, mm_struct / vm_area_struct)
 # over a real TLSF allocator. Module functions act on a default Heap, made by
 # init() or on first use; every Heap offers the same functions as methods.
+# `mpremote mip install` over `make deploy` leaves .py beside .mpy, and .py wins (compiling
+# it can exhaust a small heap): say so before the big modules load.
+if __file__.endswith(".py"):
+    try:
+        __import__("os").stat(__file__[:-3] + ".mpy")
+        print("kmem: warning: importing the .py sources, though " + __file__[:-3] + ".mpy"
+              + " is there too; remove one set (make deploy removes stale .py files)")
+    except OSError:
+        pass
 from .structs import (
     VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP, VM_GROWSDOWN,
     PAGE_SIZE, VM_AREA_STRUCT, MM_STRUCT,

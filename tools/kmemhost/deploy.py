@@ -99,8 +99,9 @@ def choose(info, profile, arch=None, py=False):
     notes = []
     want = profile.get("mpy_arch")
     if want and info.arch and want != info.arch:
-        notes.append(f"the board reports arch {info.arch}, profile {profile['name']} says {want}: "
-                     f"compiling for {info.arch}, the board's")
+        notes.append(f"profile {profile['name']} says arch {want}, but the board reports "
+                     f"{info.arch}; compiling for {info.arch}, since .mpy native code must match "
+                     f"the board it runs on")
 
     def py_sources(why):
         top, files = local_files("py")
@@ -504,6 +505,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     board = None
     try:
+        if args.deploy == "mount" and not sys.stdin.isatty():
+            raise DeployError("--deploy mount serves kmem from this checkout only while "
+                              "mpremote's REPL runs, which needs a terminal, and there is none "
+                              "here; use --deploy flash or ram (make deploy DEPLOY=ram)")
         device, found = resolve_port(args.port)
         name = args.board or found
         profile = load_profile(name) if name else GENERIC_PROFILE
@@ -513,6 +518,9 @@ def main(argv=None):
         print(f"{board.name}: profile {profile['name']}; MicroPython "
               f"{'.'.join(map(str, info.version[:3]))} on {info.platform}, .mpy v{info.mpy}, "
               f"arch {info.arch or 'none'}, heap {info.heap} bytes")
+        if args.deploy in ("romfs", "frozen"):
+            deploy(board, mode=args.deploy, arch=args.arch, py=args.py, info=info, log=print)
+            return 0
         if args.deploy == "mount":
             kind, arch, files, host_dir, notes = choose(info, profile, args.arch, args.py)
             for n in notes:
