@@ -239,3 +239,23 @@ def test_with_kmem_the_board_imports_kmem_at_once(tmp_path):
     addr, path = out.split()
     assert int(addr) % 8 == 0
     assert path == "/lib/kmem/__init__.mpy"
+
+
+def test_cli_refuses_a_second_board_on_the_same_flash(tmp_path):
+    # Two `make vboard` of one profile: the second must not share the first one's flash
+    # or overwrite (and on exit delete) its pty file.
+    pty_file = tmp_path / "pty"
+    argv = [sys.executable, str(ROOT / "tools" / "vboard"), "--profile", "unix",
+            "--flash", str(tmp_path / "flash"), "--pty-file", str(pty_file), "--quiet"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = first.stdout.readline().strip()
+        assert path.startswith("/dev/")
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert second.returncode == 1
+        assert f"is in use by another virtual board (pid {first.pid})" in second.stderr
+        assert "--flash DIR --pty-file PATH" in second.stderr
+        assert pty_file.read_text().strip() == path
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=10)

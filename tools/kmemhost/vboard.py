@@ -990,6 +990,28 @@ class VirtualBoard:
                 pass
 
 
+def lock_flash(flash_dir):
+    """Hold <flash>.lock for this process's lifetime (an open file with an flock), so that a
+    second vboard on the same flash (two `make vboard` of one profile) refuses to start
+    instead of sharing the flash and overwriting the first one's pty file."""
+    flash_dir = Path(flash_dir)
+    flash_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(flash_dir.with_name(flash_dir.name + ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise VBoardError(f"{flash_dir} is in use by another virtual board ({owner}); stop it, "
+                          f"or give this one its own flash and pty file: make vboard "
+                          f"VBOARD_ARGS=\"--flash DIR --pty-file PATH\"") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def install_kmem(flash_dir):
     """Copy kmem, compiled for the host's arch, to <flash>/lib/kmem (replacing what is
     there): the state `make deploy` leaves a board in, without a serial round trip."""
@@ -1029,6 +1051,11 @@ def main(argv=None):
         print(f"vboard: {e}", file=sys.stderr)
         return 2
     heap = vb.profile["heap_size"]
+    try:
+        lock = lock_flash(vb.flash_dir)  # noqa: F841 - held until this process exits
+    except VBoardError as e:
+        print(f"vboard: error: {e}", file=sys.stderr)
+        return 1
     if args.with_kmem:
         install_kmem(vb.flash_dir)
 
