@@ -76,6 +76,21 @@ def test_exception_variants(bare, code, type_, message):
     assert str(e.value) == (f"{type_}: {message}" if message else type_)
 
 
+def test_output_may_hold_the_raw_repls_control_bytes(bare):
+    # \x04 ends a raw-REPL output section; printed by a snippet it is just output.
+    assert bare.exec("print('a\\x04b')\nprint('c\\x04')") == "a\x04b\nc\x04\n"
+
+
+def test_output_ending_like_a_reboot_is_not_a_crash(bare):
+    assert bare.exec("print('MPY: soft reboot')") == "MPY: soft reboot\n"
+
+
+def test_soft_reset_in_a_snippet_resets_the_board(bare):
+    bare.exec("import builtins\nbuiltins.kmem_mark = 1")
+    assert bare.exec("print('bye')\nimport machine\nmachine.soft_reset()") == "bye\n"
+    assert bare.eval("hasattr(builtins, 'kmem_mark')", setup="import builtins") is False
+
+
 def test_eval_propagates_exception(bare):
     with pytest.raises(TargetError, match="^ZeroDivisionError: divide by zero$"):
         bare.eval("1 // 0")
@@ -183,5 +198,8 @@ def test_target_specs():
     assert make_target("unix").name == "unix"
     assert make_target("unix:rpi_pico").name == "unix:rpi_pico"
     with pytest.raises(ValueError, match="unknown target"):
-        make_target("qemu")
+        make_target("renode")
+    assert make_target("qemu").name == "qemu" and make_target("qemu").deploy == "romfs"
+    with pytest.raises(ValueError, match="no writable flash filesystem"):
+        make_target("qemu", deploy="flash")
     assert make_target("vboard:rpi_pico").name == "vboard:rpi_pico"  # more in test_targets.py

@@ -4,6 +4,7 @@ answers times out instead of hanging. No real board needed: ptys and faked port 
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -270,6 +271,20 @@ def test_board_that_crashes_fails_at_once_and_comes_back():
         assert not board.fresh
         board.soft_reset()
         assert board.exec("print('alive')") == "alive\n"
+    finally:
+        board.close()
+        board.remove_flash()
+
+
+def test_port_closed_mid_command_is_unavailable_not_a_crash_of_the_harness():
+    board = VirtualBoardSerial(load_profile("unix"), timeout=10)
+    try:
+        board.soft_reset()
+        closer = threading.Timer(0.5, board.wire._port.close)
+        closer.start()
+        with pytest.raises(TargetUnavailable, match="lost the connection.*the port was closed"):
+            board.run("import time\ntime.sleep(3)\nprint('late')")
+        closer.join()
     finally:
         board.close()
         board.remove_flash()

@@ -288,8 +288,12 @@ DEPLOY_MODES = ("flash", "ram", "mount", "romfs", "frozen")
 # A snippet runs in two raw-REPL execs. The first compiles it: the source exists only during
 # that exec, so while the snippet runs only its bytecode takes heap (as on the unix port,
 # which reads a file; a plain raw-REPL exec would keep the source in RAM all along). The
-# second runs it, so that sys.exit() behaves as on the unix port (a board's raw REPL would
-# soft-reset) and tracebacks name "snippet.py".
+# second runs it (tracebacks name "snippet.py") and ends its output with END_MARK, so that
+# a \x04 the snippet prints is output, not the raw REPL's end of output. sys.exit() and
+# machine.soft_reset() (the same function) first print EXIT_MARK with the status, then
+# reach the raw REPL, which soft-resets the board as firmware does: the host reports the
+# status as the unix port would (sys.exit(3): "SystemExit: exit status 3"), and the board
+# starts afresh, nothing of the snippet's state survives.
 _COMPILE = """\
 __kmem_c = {src!r}
 try:
@@ -297,19 +301,27 @@ try:
 except NameError:
  pass
 """
+END_MARK = b"\x05kmem-end\x05"
+EXIT_MARK = re.compile(rb"\x05kmem-exit (.*?)\x05", re.S)
 _RUN = """\
 __import__('gc').collect()
-def __kmem_exit(c):
- class SystemExit(Exception):
-  pass
- if c is None or c == 0:
-  return
- raise SystemExit(('exit status %d' % c) if isinstance(c, int) else ('exit status 1\\n' + str(c)))
 try:
  exec(__kmem_c)
 except SystemExit as __kmem_e:
- __kmem_exit(__kmem_e.args[0] if __kmem_e.args else None)
+ print(end='\\x05kmem-exit %r\\x05' % (__kmem_e.args[0] if __kmem_e.args else None,))
+ raise
+finally:
+ print(end='\\x05kmem-end\\x05')
 """
+
+
+def exit_status_error(value):
+    """The error text for a snippet that ended with SystemExit(value), as on the unix port."""
+    if value in (None, 0):
+        return ""
+    if isinstance(value, int):
+        return f"SystemExit: exit status {value}"
+    return f"SystemExit: exit status 1\n{value}"
 
 
 class TargetUnavailable(ConnectionError):
@@ -318,6 +330,9 @@ class TargetUnavailable(ConnectionError):
 
 
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
+# A board that soft-reset in the raw REPL prints both; a snippet printing the first alone
+# is just output.
+REBOOTED = SOFT_REBOOT + b"raw REPL; CTRL-B to exit\r\n>"
 
 
 class _Rebooted(Exception):
@@ -355,18 +370,32 @@ class _Wire:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise _Expired()
 
+    def _closed(self, e):
+        # pyserial closed under a running read (another thread, the board gone) fails with
+        # whatever its fd of None gives (TypeError); report it as the lost port it is.
+        import serial
+        if self._port.is_open:
+            raise e
+        raise serial.SerialException(f"the port was closed ({type(e).__name__}: {e})") from None
+
     def read(self, n=1):
         data = b""
         while True:
             self._check()
-            data += self._port.read(n - len(data))
+            try:
+                data += self._port.read(n - len(data))
+            except (TypeError, AttributeError, ValueError) as e:
+                self._closed(e)
             self.received += len(data)
             if len(data) >= n:
                 return data
 
     def inWaiting(self):
         self._check()
-        return self._port.in_waiting
+        try:
+            return self._port.in_waiting
+        except (TypeError, AttributeError, ValueError) as e:
+            self._closed(e)
 
     @property
     def in_waiting(self):
@@ -379,6 +408,8 @@ class _Wire:
             return self._port.write(data)
         except serial.SerialTimeoutException:
             raise _Expired() from None
+        except (TypeError, AttributeError, ValueError) as e:
+            self._closed(e)
 
 
 def _profiles_by_usb_id():
@@ -552,29 +583,42 @@ class SerialBoard:
             self.deployment.after_reset(self)
         self.fresh = True
 
-    def run(self, script, timeout=None):
+    def run(self, script, timeout=None, end=b""):
         """Run `script` in the raw REPL: (stdout, error text), "" when it raised nothing.
-        A board that resets while running it (crash, machine.soft_reset(); the vboard
-        restarts a crashed interpreter) gives error text "Crash: ..." at once."""
+        `end`: bytes the script prints last (END_MARK), so that stdout ends at end + \x04
+        rather than at the first \x04. A board that resets while running it (a crash; the
+        vboard restarts a crashed interpreter) gives error text "Crash: ..." at once; one
+        that resets because the script raised SystemExit after printing EXIT_MARK gives
+        its exit status."""
         timeout = timeout or self.timeout
         t = self.open()
         out = bytearray()
 
-        def consume(data):
-            out.extend(data)
-            if out.endswith(SOFT_REBOOT):
-                raise _Rebooted()
+        def read_until(ending, watch=True):
+            while not out.endswith(ending):
+                out.extend(self.wire.read(1))
+                if watch and out.endswith(REBOOTED):
+                    raise _Rebooted()
+
+        def text(data):
+            return bytes(data).decode("utf-8", "replace")
 
         try:
             with self.step(timeout, out):
                 t.exec_raw_no_follow(script.encode())
-                t.read_until(1, b"\x04", timeout=None, data_consumer=consume)
+                read_until(end + b"\x04")
                 err = t.read_until(1, b"\x04", timeout=None)
+                exited = EXIT_MARK.search(out) if end else None
+                if exited:  # the raw REPL soft-resets the board after a SystemExit
+                    self.fresh = False
+                    stdout = out[:exited.start()] + out[exited.end():-len(end) - 1]
+                    read_until(REBOOTED, watch=False)
+                    return text(stdout), exit_status_error(ast.literal_eval(text(exited.group(1))))
         except _Rebooted:
             self.fresh = False
-            text = out[:-len(SOFT_REBOOT)].decode("utf-8", "replace")
-            return text, f"Crash: {self.name} reset while running the snippet ({SOFT_REBOOT.decode().strip()})"
-        return (out[:-1].decode("utf-8", "replace"), err[:-1].decode("utf-8", "replace"))
+            return (text(out[:-len(REBOOTED)]),
+                    f"Crash: {self.name} reset while running the snippet ({SOFT_REBOOT.decode().strip()})")
+        return text(out[:-len(end) - 1]), text(err[:-1])
 
     def exec(self, code, timeout=None):
         """Run `code` as is (no prelude, no wrapper); return stdout or raise TargetError."""
@@ -760,7 +804,7 @@ class SerialTarget(Target):
         out, err = board.run(_COMPILE.format(src=script), timeout)
         if err:
             return out, err
-        more, err = board.run(_RUN, timeout)
+        more, err = board.run(_RUN, timeout, end=END_MARK)
         return out + more, err
 
 
