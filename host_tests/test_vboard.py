@@ -159,6 +159,18 @@ def test_friendly_repl_soft_reboot_banner_and_boot_py(vboard, serial):
     assert out.endswith(b'Type "help()" for more information.\r\n>>> ')
 
 
+def test_boot_py_may_print_control_bytes_and_its_errors_show(vboard, serial):
+    (vboard.flash_dir / "boot.py").write_text("print('a\\x04b')\nraise ValueError('in boot')\n")
+    serial.write(b"\r\x03\r\x01")
+    serial.read_until(RAW_PROMPT)
+    serial.write(b"\x04")                       # soft reset in the raw REPL: boot.py runs
+    out = serial.read_until(RAW_PROMPT)
+    assert out.startswith(b"OK\r\n" + SOFT_REBOOT + b"a\x04b\r\n")
+    assert b'File "boot.py", line 2' in out and b"ValueError: in boot" in out
+    serial.write(b"print(1 + 1)\x04")           # and the board works
+    assert serial.read_until(b">") == b"OK2\r\n\x04\x04>"
+
+
 def test_run_script_and_sys_exit_restarts_board(vboard, tmp_path, serial):
     script = tmp_path / "script.py"
     script.write_text("import sys\nG = 1\nprint('before exit')\nsys.exit()\nprint('not reached')\n")

@@ -122,7 +122,16 @@ _LONE_LF = re.compile(rb"(?<!\r)\n")
 MOUNT_FRAME = 0x18
 _MOUNT_ARGS = {1: "s", 2: "s", 3: "", 4: "ss", 5: "b", 6: "bi", 7: "b", 8: "bs", 9: "bib",
                10: "s", 11: "ss", 12: "s", 13: "s"}
-_STDIN_FRAME = b'  File "<stdin>", line 1, in <module>\n'
+_STDIN_FRAME = b'  File "<stdin>", line 2, in <module>\n'
+# boot.py/main.py output ends at this marker, so a \x04 they print is output, not the raw
+# REPL's end of output.
+_USER_END = b"\x05vboard-end\x05"
+
+
+def _user_exec(name):
+    """A boot step running `name` (boot.py, main.py) in the raw REPL."""
+    return ("exec", (f"try:\n execfile({name!r})\nfinally:\n print(end={_USER_END.decode()!r})",
+                     name))
 
 
 
@@ -636,10 +645,10 @@ class VirtualBoard:
         steps = [("wait", FRIENDLY_PROMPT), ("send", CTRL_A), ("wait", RAW_PROMPT),
                  ("exec", (f"execfile({str(self._setup_file)!r})", False))]
         if (self._flash_real / "boot.py").is_file():
-            steps.append(("exec", ("execfile('boot.py')", True)))
+            steps.append(_user_exec("boot.py"))
         if mode == "friendly":
             if (self._flash_real / "main.py").is_file():
-                steps.append(("exec", ("execfile('main.py')", True)))
+                steps.append(_user_exec("main.py"))
             steps += [("send", CTRL_B), ("wait", FRIENDLY_PROMPT)]
         self._boot = _Boot(mode, steps)
         self._next_step()
@@ -809,9 +818,19 @@ class VirtualBoard:
                 if len(boot.buf) < 2:
                     return
                 if not boot.buf.startswith(b"OK"):
-                    self._boot_fail(f"raw REPL did not accept boot code: {boot.buf[:200]!r}")
+                    self._boot_fail(f"{user or 'setup code'}: the raw REPL did not accept it: "
+                                    f"{boot.buf[:200]!r}")
                     return
                 boot.buf, boot.phase = boot.buf[2:], "out"
+            if boot.phase == "out" and user:
+                at = boot.buf.find(_USER_END + CTRL_D)
+                if at < 0:  # emit what surely is output; the marker may be arriving
+                    keep = len(_USER_END)
+                    self._emit(boot.buf[:-keep])
+                    boot.buf = boot.buf[-keep:]
+                    return
+                self._emit(boot.buf[:at])
+                boot.buf, boot.phase = boot.buf[at + len(_USER_END) + 1:], "err"
             if boot.phase == "out":
                 at = boot.buf.find(CTRL_D)
                 out = boot.buf if at < 0 else boot.buf[:at]
@@ -842,7 +861,8 @@ class VirtualBoard:
                 if not boot.buf:
                     return
                 if not boot.buf.startswith(b">"):
-                    self._boot_fail(f"no raw REPL prompt after boot code: {boot.buf[:200]!r}")
+                    self._boot_fail(f"{user or 'setup code'}: no raw REPL prompt after it: "
+                                    f"{boot.buf[:200]!r}")
                     return
                 boot.buf = boot.buf[1:]
                 boot.user_exec = boot.interrupt = False
