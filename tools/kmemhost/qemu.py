@@ -188,8 +188,14 @@ def build_firmware(src=None, log=print):
                         "(a MicroPython checkout, v1.28 or later) or MICROPYTHON_SRC=FILE.tar.gz")
     top = prepare_source(src, log)
     fix_mpy_tool(top, log)
-    qemu = load_profile(PROFILE)["qemu"]
+    profile = load_profile(PROFILE)
+    qemu = profile["qemu"]
     port = top / "ports" / "qemu"
+    # The native emitter on (the stock MICROBIT build has it off), the profile's heap, and a
+    # ROMFS partition in flash where QemuBoard loads kmem's image.
+    settings = [f"MICROPY_HEAP_SIZE={profile['heap_size']}",
+                f"MICROPY_HW_ROMFS_PART0_START={qemu['romfs_start']}",
+                f"MICROPY_HW_ROMFS_PART0_SIZE={qemu['romfs_size']}", *qemu["make_args"]]
     _make(["-C", str(top / "mpy-cross")], log)
     # kmem frozen through boards/manifest.py; the qemu port has no manifest of its own.
     manifest = OUT / "manifest.py"
@@ -205,7 +211,7 @@ def build_firmware(src=None, log=print):
         (builddir / "frozen_content.c").unlink(missing_ok=True)
         _make(["-C", str(port), f"BOARD={qemu['board']}", f"BUILD={builddir}",
                f"FROZEN_MANIFEST={manifest if frozen else ''}", f"MPY_LIB_DIR={no_lib}",
-               *qemu["make_args"]], log)
+               *settings], log)
         shutil.copy2(builddir / "firmware.elf", elf)
     bad = misaligned_native_functions(FIRMWARES[True], OUT / "build-kmem" / "frozen_content.c")
     if bad:
@@ -222,7 +228,8 @@ def build_firmware(src=None, log=print):
 # --- running the board -----------------------------------------------------------------------
 
 def romfs_image(arch="armv6m"):
-    """build/qemu/kmem-romfs.img: kmem's .mpy for `arch` under /kmem (mpremote's ROMFS writer)."""
+    """build/qemu/kmem-romfs.img: kmem's .mpy for `arch` under /kmem (mpremote's ROMFS
+    writer, as `mpremote romfs build` uses)."""
     from mpremote.romfs import VfsRomWriter
     mpy_dir = build.build_kmem(arch)
     rom = VfsRomWriter()
@@ -230,17 +237,22 @@ def romfs_image(arch="armv6m"):
     for path in sorted((mpy_dir / "kmem").glob("*.mpy")):
         rom.mkfile(path.name, path.read_bytes())
     rom.closedir()
+    data = rom.finalise()
+    room = int(load_profile(PROFILE)["qemu"]["romfs_size"], 0)
+    if len(data) > room:
+        raise QemuError(f"kmem's ROMFS image is {len(data)} bytes; the board's partition holds "
+                        f"{room} (romfs_size in boards/{PROFILE}.json)")
     image = OUT / "kmem-romfs.img"
     image.parent.mkdir(parents=True, exist_ok=True)
-    image.write_bytes(rom.finalise())
+    image.write_bytes(data)
     return image
 
 
 class QemuBoard:
     """One qemu-system-arm process with the UART on a pty; stop() kills it by its PID."""
 
-    def __init__(self, frozen=False, romfs=None):
-        self.frozen, self.romfs = frozen, romfs
+    def __init__(self, frozen=False, romfs=None, log=OUT / "qemu.log"):
+        self.frozen, self.romfs, self.log = frozen, romfs, Path(log)
         self.proc = None
         self.pty = None
 
@@ -259,13 +271,15 @@ class QemuBoard:
         """Start QEMU; return the pty device once QEMU has reported it."""
         require_tools("qemu-system-arm")
         cmd = self.command()
-        # Own session: a Ctrl-C meant for pytest must not reach QEMU first.
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        # QEMU's messages go to a file (a pipe nobody drains could fill and stall it); its
+        # own session keeps a Ctrl-C meant for pytest from reaching it first.
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline, text = time.monotonic() + timeout, b""
         while time.monotonic() < deadline:
-            text += self.proc.stdout.read() or b""
+            text = self.log.read_bytes()
             m = re.search(rb"char device redirected to (\S+)", text)
             if m:
                 self.pty = m.group(1).decode()
@@ -283,7 +297,6 @@ class QemuBoard:
             os.killpg(proc.pid, signal.SIGKILL)
         if proc is not None:
             proc.wait(timeout=5)
-            proc.stdout.close()
 
 
 def main(argv=None):
