@@ -15,6 +15,7 @@ import pytest
 
 from kmemhost import ROOT, build, deploy
 from kmemhost.profiles import load_profile
+from kmemhost import targets
 from kmemhost.targets import VirtualBoardSerial, make_target
 from kmemhost.vboard import VirtualBoard
 
@@ -282,3 +283,16 @@ def test_py_beside_mpy_is_reported_at_import(tmp_path, kmem_mpy_dir):
     assert "kmem/__init__.mpy is there too" in out
     # The usual case says nothing.
     assert make_target("unix", prelude=False, mpy_dir=kmem_mpy_dir).exec("import kmem") == ""
+
+
+def test_kmem_over_a_real_mpremote_mount():
+    # mpremote's mount intercepts the serial reads of every snippet: kmem imported from the
+    # host through it, and snippets after a soft reset (remounted) still work.
+    t = make_target("vboard:unix", deploy="mount")
+    try:
+        assert t.eval("kmem.__file__") == "/remote/kmem/__init__.mpy"
+        assert t.eval("ksize(kmalloc(12)) >= 12")
+        targets.begin_test()  # the next snippet starts from a soft reset
+        assert t.eval("kmem.__file__.startswith('/remote/')")
+    finally:
+        t.close()

@@ -596,7 +596,7 @@ class SerialBoard:
 
         def read_until(ending, watch=True):
             while not out.endswith(ending):
-                out.extend(self.wire.read(1))
+                out.extend(t.serial.read(1))  # under `mount`, its intercepting reader
                 if watch and out.endswith(REBOOTED):
                     raise _Rebooted()
 
