@@ -248,6 +248,15 @@ def romfs_image(arch="armv6m"):
     return image
 
 
+def _die_with_parent():
+    # In the child before exec: Linux kills QEMU when the process that started it dies,
+    # even by SIGKILL, so no emulated board outlives a killed test run.
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class QemuBoard:
     """One qemu-system-arm process with the UART on a pty; stop() kills it by its PID."""
 
@@ -276,7 +285,8 @@ class QemuBoard:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline, text = time.monotonic() + timeout, b""
         while time.monotonic() < deadline:
             text = self.log.read_bytes()
@@ -320,21 +330,24 @@ def main(argv=None):
             print(why or "ok: toolchain and MicroPython source found")
             return 1 if why else 0
         board = QemuBoard(args.frozen, romfs_image() if args.romfs else None)
-        pty = board.start()
     except (QemuError, build.BuildError) as e:
         print(f"qemu: {e}", file=sys.stderr)
         return 1
-    if args.pty_file:
-        Path(args.pty_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.pty_file).write_text(pty + "\n")
-    print(pty, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop QEMU on kill too
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
-    print(f"QEMU pid {board.proc.pid}; in another terminal: .venv/bin/mpremote connect {pty} repl"
-          f"{'' if args.frozen or args.romfs else ' (kmem: add `mount build/armv6m` before repl)'}"
-          "; Ctrl-C stops it", file=sys.stderr, flush=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop QEMU when stopped by a signal too
+        signal.signal(sig, lambda *_: sys.exit(0))
     try:
+        pty = board.start()
+        if args.pty_file:
+            Path(args.pty_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.pty_file).write_text(pty + "\n")
+        print(pty, flush=True)
+        kmem = "" if args.frozen or args.romfs else " (for kmem: mount build/armv6m repl)"
+        print(f"QEMU pid {board.proc.pid}; in another terminal: .venv/bin/mpremote connect "
+              f"{pty} repl{kmem}; Ctrl-C stops it", file=sys.stderr, flush=True)
         board.proc.wait()
+    except QemuError as e:
+        print(f"qemu: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     finally:
