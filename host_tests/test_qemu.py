@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kmemhost import qemu
+from kmemhost import ROOT, qemu
 from kmemhost.targets import TargetTimeout
 
 # The shape of upstream tools/mpy-tool.py (v1.28, v1.29) where it picks the code alignment.
@@ -130,3 +130,20 @@ def test_a_qemu_that_stops_answering_fails_like_a_dead_board(bare):
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:  # killed and reaped by the restart
             pass
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_make_test_qemu_skips_plainly_unless_required(required):
+    # A user's fresh machine without a MicroPython source: said, not failed; in CI
+    # (KMEM_REQUIRE_QEMU=1) the same is an error.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    env.update(MICROPYTHON_SRC="/nonexistent/micropython", KMEM_REQUIRE_QEMU="1" if required else "")
+    res = subprocess.run(["make", "--no-print-directory", "test-qemu"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    if required:
+        assert res.returncode != 0
+        assert "test-qemu: required, but MICROPYTHON_SRC=/nonexistent/micropython does not exist" in res.stderr
+    else:
+        assert res.returncode == 0, res.stderr
+        assert ("*** SKIPPED the qemu targets: MICROPYTHON_SRC=/nonexistent/micropython does not "
+                "exist") in res.stdout
