@@ -95,18 +95,41 @@ def _copy_ignore(directory, names):
 
 
 def prepare_source(src, log=print):
-    """Unpack or copy the MicroPython tree `src` into build/qemu/src; return its top dir."""
+    """Unpack or copy the MicroPython tree `src` into build/qemu/src; return its top dir.
+    Another source than last time starts from scratch (builds included: copied files keep
+    their mtimes, which make would not see as newer than the old objects)."""
     src = Path(src).expanduser().resolve()
     dest = OUT / "src"
     stamp = dest / ".source"
     if src.is_dir():
+        identity = str(src)
+    elif src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
+        identity = f"{src} {src.stat().st_size} {src.stat().st_mtime_ns}"
+    else:
+        raise QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a .tar.gz of one")
+    fresh = not (stamp.is_file() and stamp.read_text() == identity)
+    if fresh:
+        for old in (dest, OUT / "build-plain", OUT / "build-kmem"):
+            shutil.rmtree(old, ignore_errors=True)
+        dest.mkdir(parents=True)
+    if src.is_dir():
         if not (src / "ports" / "qemu" / "Makefile").is_file():
             raise QemuError(f"{src} is not a MicroPython source tree (no ports/qemu/Makefile)")
         top = dest / "micropython"
+        log(f"copying {src} into {top} (without .git, submodules and build directories)")
         # copy2 keeps mtimes, so make rebuilds only what changed in the user's tree.
         shutil.copytree(src, top, ignore=_copy_ignore, dirs_exist_ok=True, copy_function=shutil.copy2)
-        stamp.write_text(str(src))
-        return top
+    else:
+        with tarfile.open(src) as tar:
+            first = tar.next()
+            top = dest / (first.name.split("/")[0] if first else "micropython")
+            if fresh:
+                log(f"unpacking {src.name} into {dest}")
+                tar.extractall(dest, filter="data")
+        if not (top / "ports" / "qemu" / "Makefile").is_file():
+            raise QemuError(f"{src} does not hold a MicroPython source tree (no ports/qemu/Makefile)")
+    stamp.write_text(identity)
+    return top
     if not src.is_file() or not src.name.endswith((".tar.gz", ".tgz", ".tar")):
         raise QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a .tar.gz of one")
     identity = f"{src} {src.stat().st_size} {src.stat().st_mtime_ns}"
