@@ -76,14 +76,20 @@ def test_symbol_check_finds_native_code_at_2_mod_4(tmp_path):
         ("fun_data_kmem_tlsf_b", 2)]
 
 
-def test_build_without_a_source_says_what_to_do(monkeypatch, capsys):
+def test_build_without_a_source_says_what_to_do(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(qemu, "require_tools", lambda *tools: None)
     monkeypatch.setattr(qemu, "default_source", lambda: None)
     with pytest.raises(qemu.QemuError, match=r"no MicroPython source: make qemu-firmware "
                                              r"MICROPYTHON_SRC=DIR"):
         qemu.build_firmware()
-    assert qemu.main(["build", "--src", "/nonexistent/micropython"]) == 1
+    monkeypatch.setattr(qemu, "OUT", tmp_path)
+    assert qemu.main(["build", "--src", str(tmp_path / "micropython")]) == 1
     assert "expected a MicroPython checkout or a .tar.gz" in capsys.readouterr().err
+    # A wrong source keeps what was built from the right one.
+    (tmp_path / "build-kmem").mkdir()
+    (tmp_path / "micropython").mkdir()
+    assert qemu.main(["build", "--src", str(tmp_path / "micropython")]) == 1
+    assert (tmp_path / "build-kmem").is_dir()
 
 
 def test_build_without_a_toolchain_prints_the_apt_get_line(monkeypatch):
@@ -133,17 +139,18 @@ def test_a_qemu_that_stops_answering_fails_like_a_dead_board(bare):
 
 
 @pytest.mark.parametrize("required", [False, True])
-def test_make_test_qemu_skips_plainly_unless_required(required):
-    # A user's fresh machine without a MicroPython source: said, not failed; in CI
-    # (KMEM_REQUIRE_QEMU=1) the same is an error.
+def test_make_test_qemu_skips_plainly_unless_required(required, monkeypatch):
+    # A user's fresh machine without a MicroPython source (or toolchain): said, not failed;
+    # in CI (KMEM_REQUIRE_QEMU=1) the same is an error.
+    monkeypatch.setenv("MICROPYTHON_SRC", "/nonexistent/micropython")
+    why = qemu.available()  # the toolchain, if missing here, is named first
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-    env.update(MICROPYTHON_SRC="/nonexistent/micropython", KMEM_REQUIRE_QEMU="1" if required else "")
+    env["KMEM_REQUIRE_QEMU"] = "1" if required else ""
     res = subprocess.run(["make", "--no-print-directory", "test-qemu"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     if required:
         assert res.returncode != 0
-        assert "test-qemu: required, but MICROPYTHON_SRC=/nonexistent/micropython does not exist" in res.stderr
+        assert f"test-qemu: required, but {why}" in res.stderr
     else:
         assert res.returncode == 0, res.stderr
-        assert ("*** SKIPPED the qemu targets: MICROPYTHON_SRC=/nonexistent/micropython does not "
-                "exist") in res.stdout
+        assert f"*** SKIPPED the qemu targets: {why}\n" in res.stdout

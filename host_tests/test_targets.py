@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -288,3 +289,20 @@ def test_port_closed_mid_command_is_unavailable_not_a_crash_of_the_harness():
     finally:
         board.close()
         board.remove_flash()
+
+
+def test_resets_are_seen_at_once_when_boot_py_prints():
+    # A board prints boot.py's output between "MPY: soft reboot" and the raw REPL banner.
+    t = make_target("vboard:unix", prelude=False, timeout=10)
+    try:
+        t.exec("pass")
+        (Path(t.board.flash_dir) / "boot.py").write_text("print('boot.py says hi')\n")
+        start = time.monotonic()
+        with pytest.raises(TargetError, match="^SystemExit: exit status 3$"):
+            t.exec("print('bye')\nimport sys\nsys.exit(3)")
+        out, err = t.board.run("import micropython\n@micropython.viper\n"
+                               "def f():\n    ptr32(0)[0] = 1\nf()\n")
+        assert err.startswith("Crash: vboard:unix reset while running the snippet")
+        assert time.monotonic() - start < 8
+    finally:
+        t.close()

@@ -105,6 +105,31 @@ def build_kmem(arch=None):
     return out
 
 
+def package_files(top, pattern, package="kmem"):
+    """{"kmem/name": bytes} for the files under top/kmem matching `pattern` ("*.mpy", "*.py")."""
+    return {p.relative_to(top).as_posix(): p.read_bytes()
+            for p in sorted((top / package).rglob(pattern))}
+
+
+def romfs_image(files):
+    """A ROMFS image (mpremote's VfsRomWriter, what `mpremote romfs build` writes) holding
+    `files` ({"kmem/tlsf.mpy": bytes, ...}; directories come from the names)."""
+    from mpremote.romfs import VfsRomWriter
+    rom, opened = VfsRomWriter(), []
+    for name, data in sorted(files.items()):  # a directory's files sort together
+        *dirs, base = name.split("/")
+        while opened != dirs[:len(opened)]:
+            rom.closedir()
+            opened.pop()
+        for d in dirs[len(opened):]:
+            rom.opendir(d)
+            opened.append(d)
+        rom.mkfile(base, data)
+    for _ in opened:
+        rom.closedir()
+    return rom.finalise()
+
+
 def check_firmware(arches=CHECK_ARCHES):
     """Compile every .py under firmware/ for each arch; return a list of error texts."""
     errors = []

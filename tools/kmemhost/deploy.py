@@ -87,8 +87,7 @@ def local_files(kind, arch=None):
     else:
         top = build.FIRMWARE
         pattern = "*.py"
-    files = {p.relative_to(top).as_posix(): p.read_bytes()
-             for p in sorted((top / PACKAGE).rglob(pattern))}
+    files = build.package_files(top, pattern, PACKAGE)
     if not files:
         raise DeployError(f"no {pattern} files under {top / PACKAGE}")
     return top, files
@@ -384,13 +383,7 @@ def _ram(board, files, d):
         fs = "romfs" if board.exec(_HAS_ROMFS).strip().endswith("True") else "littlefs"
     d.ram_fs = fs
     if fs == "romfs":
-        from mpremote.romfs import VfsRomWriter
-        rom = VfsRomWriter()
-        rom.opendir(PACKAGE)
-        for name, data in sorted(files.items()):
-            rom.mkfile(name[len(PACKAGE) + 1:], data)
-        rom.closedir()
-        image = rom.finalise()
+        image = build.romfs_image(files)
         board.exec(_ROM_START.format(size=len(image)))
         chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
                   for i in range(0, len(image), CHUNK)]
@@ -419,11 +412,16 @@ def _check_romfs(board, d):
     if not remote:
         raise DeployError(f"the board has no {d.root}: no ROMFS image with kmem is mounted "
                           f"(on a board: mpremote romfs deploy DIR, DIR holding kmem/)")
-    if any(h is not None for h in remote.values()) and remote != local:
-        wrong = sorted(n for n in set(local) | set(remote) if remote.get(n) != local.get(n))
+    hashed = all(h is not None for h in remote.values())  # no hashlib: names only
+    if set(remote) != set(local) or (hashed and remote != local):
+        wrong = sorted(n for n in set(local) | set(remote)
+                       if n not in remote or n not in local or (hashed and remote[n] != local[n]))
         raise DeployError(f"the ROMFS image at {d.root} does not hold this build of kmem "
                           f"(differs: {', '.join(wrong)}); rebuild and load it again")
     d.unchanged = sorted(local)
+    if not hashed:
+        d.notes.append("the board has no hashlib.sha256: only the file names in the ROMFS "
+                       "image were checked")
 
 
 def _check_import(board, d):

@@ -467,6 +467,11 @@ def mpflash_plan(profile, args):
     return [Command(argv, MPFLASH_TIMEOUT, "mpflash")]
 
 
+def have_mpflash(steps):
+    """mpflash_plan names mpflash by its full path only when it found it installed."""
+    return os.path.isabs(steps[0].argv[0])
+
+
 def plan(profile, args):
     method = profile["flash"].get("method")
     if method not in METHODS:
@@ -483,7 +488,7 @@ def preflight(profile, args, steps):
     """Real runs only: what must be there before anything touches the board."""
     method = profile["flash"]["method"]
     if args.flasher == "mpflash":
-        if not os.path.isabs(steps[0].argv[0]):
+        if not have_mpflash(steps):
             raise FlashError("mpflash is not installed: run `.venv/bin/python -m pip install "
                              "mpflash` (or pip install mpflash), then try again")
     elif method == "esptool" and not have_esptool():
@@ -537,7 +542,7 @@ def main(argv=None):
             if fl["method"] == "esptool" and args.flasher != "mpflash" and not have_esptool():
                 print("note: esptool is not installed; a real run would stop and ask for "
                       "`pip install esptool`", file=sys.stderr)
-            if args.flasher == "mpflash" and not os.path.isabs(steps[0].argv[0]):
+            if args.flasher == "mpflash" and not have_mpflash(steps):
                 print("note: mpflash is not installed; a real run would stop and ask for "
                       "`.venv/bin/python -m pip install mpflash`", file=sys.stderr)
             return 0

@@ -101,49 +101,42 @@ def prepare_source(src, log=print):
     src = Path(src).expanduser().resolve()
     dest = OUT / "src"
     stamp = dest / ".source"
+    not_a_tree = QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a "
+                           ".tar.gz of one (with ports/qemu/Makefile)")
     if src.is_dir():
+        if not (src / "ports" / "qemu" / "Makefile").is_file():
+            raise not_a_tree
         identity = str(src)
     elif src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(src) as tar:
+            first = tar.next()
+            topname = first.name.split("/")[0] if first else ""
+            try:
+                tar.getmember(f"{topname}/ports/qemu/Makefile")
+            except KeyError:
+                raise not_a_tree from None
         identity = f"{src} {src.stat().st_size} {src.stat().st_mtime_ns}"
     else:
-        raise QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a .tar.gz of one")
+        raise not_a_tree
     fresh = not (stamp.is_file() and stamp.read_text() == identity)
     if fresh:
         for old in (dest, OUT / "build-plain", OUT / "build-kmem"):
             shutil.rmtree(old, ignore_errors=True)
         dest.mkdir(parents=True)
     if src.is_dir():
-        if not (src / "ports" / "qemu" / "Makefile").is_file():
-            raise QemuError(f"{src} is not a MicroPython source tree (no ports/qemu/Makefile)")
         top = dest / "micropython"
         log(f"copying {src} into {top} (without .git, submodules and build directories)")
-        # copy2 keeps mtimes, so make rebuilds only what changed in the user's tree.
-        shutil.copytree(src, top, ignore=_copy_ignore, dirs_exist_ok=True, copy_function=shutil.copy2)
+        # A fresh copy each time (files deleted in the user's tree go too); copy2 keeps
+        # mtimes, so make rebuilds only what changed there.
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.copytree(src, top, ignore=_copy_ignore, copy_function=shutil.copy2)
     else:
-        with tarfile.open(src) as tar:
-            first = tar.next()
-            top = dest / (first.name.split("/")[0] if first else "micropython")
-            if fresh:
-                log(f"unpacking {src.name} into {dest}")
-                tar.extractall(dest, filter="data")
-        if not (top / "ports" / "qemu" / "Makefile").is_file():
-            raise QemuError(f"{src} does not hold a MicroPython source tree (no ports/qemu/Makefile)")
-    stamp.write_text(identity)
-    return top
-    if not src.is_file() or not src.name.endswith((".tar.gz", ".tgz", ".tar")):
-        raise QemuError(f"MICROPYTHON_SRC={src}: expected a MicroPython checkout or a .tar.gz of one")
-    identity = f"{src} {src.stat().st_size} {src.stat().st_mtime_ns}"
-    with tarfile.open(src) as tar:
-        first = tar.next()
-        top = dest / (first.name.split("/")[0] if first else "micropython")
-        if not (stamp.is_file() and stamp.read_text() == identity and top.is_dir()):
+        top = dest / topname
+        if fresh:
             log(f"unpacking {src.name} into {dest}")
-            shutil.rmtree(dest, ignore_errors=True)
-            dest.mkdir(parents=True)
-            tar.extractall(dest, filter="data")
-            stamp.write_text(identity)
-    if not (top / "ports" / "qemu" / "Makefile").is_file():
-        raise QemuError(f"{src} does not hold a MicroPython source tree (no ports/qemu/Makefile)")
+            with tarfile.open(src) as tar:
+                tar.extractall(dest, filter="data")
+    stamp.write_text(identity)
     return top
 
 
@@ -180,8 +173,11 @@ def misaligned_native_functions(elf, frozen_c):
     if not native:
         raise QemuError(f"{frozen_c}: no frozen kmem native code (was kmem frozen with "
                         "-march=armv6m?)")
-    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    try:
+        out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        raise QemuError(f"arm-none-eabi-nm {elf} failed: {e}") from None
     addresses = {parts[2]: int(parts[0], 16) for parts in map(str.split, out.splitlines())
                  if len(parts) == 3 and parts[2] in native}
     if set(addresses) != native:
@@ -251,16 +247,8 @@ def build_firmware(src=None, log=print):
 # --- running the board -----------------------------------------------------------------------
 
 def romfs_image(arch="armv6m"):
-    """build/qemu/kmem-romfs.img: kmem's .mpy for `arch` under /kmem (mpremote's ROMFS
-    writer, as `mpremote romfs build` uses)."""
-    from mpremote.romfs import VfsRomWriter
-    mpy_dir = build.build_kmem(arch)
-    rom = VfsRomWriter()
-    rom.opendir("kmem")
-    for path in sorted((mpy_dir / "kmem").glob("*.mpy")):
-        rom.mkfile(path.name, path.read_bytes())
-    rom.closedir()
-    data = rom.finalise()
+    """build/qemu/kmem-romfs.img: kmem's .mpy for `arch` under /kmem."""
+    data = build.romfs_image(build.package_files(build.build_kmem(arch), "*.mpy"))
     room = int(load_profile(PROFILE)["qemu"]["romfs_size"], 0)
     if len(data) > room:
         raise QemuError(f"kmem's ROMFS image is {len(data)} bytes; the board's partition holds "
@@ -272,19 +260,24 @@ def romfs_image(arch="armv6m"):
 
 
 def _die_with_parent():
-    # In the child before exec: Linux kills QEMU when the process that started it dies,
-    # even by SIGKILL, so no emulated board outlives a killed test run.
-    if sys.platform.startswith("linux"):
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    """A preexec_fn: Linux kills QEMU when the thread that started it ends (the harness
+    starts it from pytest's main thread), even by SIGKILL, so no emulated board outlives
+    a killed test run. prctl is looked up here, before the fork; the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class QemuBoard:
     """One qemu-system-arm process with the UART on a pty; stop() kills it by its PID."""
 
-    def __init__(self, frozen=False, romfs=None, log=OUT / "qemu.log"):
-        self.frozen, self.romfs, self.log = frozen, romfs, Path(log)
+    def __init__(self, frozen=False, romfs=None, log=None):
+        self.frozen, self.romfs = frozen, romfs
+        # One log per process: two runs side by side must not read each other's pty.
+        self.log = Path(log or OUT / f"qemu-{os.getpid()}.log")
         self.proc = None
         self.pty = None
 
@@ -309,17 +302,21 @@ class QemuBoard:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=_die_with_parent())
         deadline, text = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()
-            m = re.search(rb"char device redirected to (\S+)", text)
-            if m:
-                self.pty = m.group(1).decode()
-                return self.pty
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                text = self.log.read_bytes()
+                m = re.search(rb"char device redirected to (\S+)", text)
+                if m:
+                    self.pty = m.group(1).decode()
+                    return self.pty
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+        except BaseException:  # Ctrl-C while waiting: QEMU must not outlive us
+            self.stop()
+            raise
         self.stop()
         raise QemuError(f"QEMU did not report its pty within {timeout}s: "
                         f"{text.decode(errors='replace').strip() or 'no output'} ({' '.join(cmd)})")
@@ -353,6 +350,8 @@ def main(argv=None):
             print(why or "ok: toolchain and MicroPython source found")
             return 1 if why else 0
         board = QemuBoard(args.frozen, romfs_image() if args.romfs else None)
+        if not (args.frozen or args.romfs):
+            build.build_kmem("armv6m")  # what the hint below mounts
     except (QemuError, build.BuildError) as e:
         print(f"qemu: {e}", file=sys.stderr)
         return 1

@@ -315,6 +315,14 @@ finally:
 """
 
 
+def _exit_value(text):
+    """SystemExit's value from its repr: a literal, else the repr itself (sys.exit(obj))."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def exit_status_error(value):
     """The error text for a snippet that ended with SystemExit(value), as on the unix port."""
     if value in (None, 0):
@@ -330,9 +338,9 @@ class TargetUnavailable(ConnectionError):
 
 
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
-# A board that soft-reset in the raw REPL prints both; a snippet printing the first alone
-# is just output.
-REBOOTED = SOFT_REBOOT + b"raw REPL; CTRL-B to exit\r\n>"
+# A board that soft-resets in the raw REPL prints SOFT_REBOOT, whatever boot.py prints, then
+# RAW_BANNER; a snippet printing "MPY: soft reboot" alone is just output.
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"  # then the ">" prompt
 
 
 class _Rebooted(Exception):
@@ -597,7 +605,7 @@ class SerialBoard:
         def read_until(ending, watch=True):
             while not out.endswith(ending):
                 out.extend(t.serial.read(1))  # under `mount`, its intercepting reader
-                if watch and out.endswith(REBOOTED):
+                if watch and out.endswith(RAW_BANNER + b">") and SOFT_REBOOT in out:
                     raise _Rebooted()
 
         def text(data):
@@ -612,11 +620,13 @@ class SerialBoard:
                 if exited:  # the raw REPL soft-resets the board after a SystemExit
                     self.fresh = False
                     stdout = out[:exited.start()] + out[exited.end():-len(end) - 1]
-                    read_until(REBOOTED, watch=False)
-                    return text(stdout), exit_status_error(ast.literal_eval(text(exited.group(1))))
+                    read_until(SOFT_REBOOT, watch=False)
+                    read_until(RAW_BANNER, watch=False)  # after boot.py's output; ">" is
+                    # left for mpremote, which reads the prompt before its next exec
+                    return text(stdout), exit_status_error(_exit_value(text(exited.group(1))))
         except _Rebooted:
             self.fresh = False
-            return (text(out[:-len(REBOOTED)]),
+            return (text(out[:out.rfind(SOFT_REBOOT)]),
                     f"Crash: {self.name} reset while running the snippet ({SOFT_REBOOT.decode().strip()})")
         return text(out[:-len(end) - 1]), text(err[:-1])
 
@@ -877,7 +887,8 @@ class QemuSerial(LocalBoard):
 
     def _start(self):
         from . import qemu
-        image = qemu.romfs_image(self.profile["mpy_arch"]) if self.deploy_mode == "romfs" else None
+        arch = self.arch or self.profile["mpy_arch"]
+        image = qemu.romfs_image(arch) if self.deploy_mode == "romfs" else None
         board = qemu.QemuBoard(frozen=self.deploy_mode == "frozen", romfs=image)
         return board, board.start()
 
