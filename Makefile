@@ -81,6 +81,14 @@ DEPLOY_ARGS = --port $(or $(PORT),auto) $(if $(BOARD),--board $(BOARD)) --deploy
 deploy: $(STAMP)
 	$(KMEMHOST).deploy $(DEPLOY_ARGS)
 
+# Speed, worst case, occupancy and footprint on a target (tools/kmemhost/bench.py):
+#   make bench [TARGET=unix|vboard|qemu|port:/dev/ttyACM0] [BENCH_ARGS="--rounds 9"]
+# prints a table with PASS/FAIL per target figure and writes bench/results/*.json.
+.PHONY: bench
+bench: $(STAMP)
+	$(if $(filter qemu,$(TARGET)),$(MAKE) --no-print-directory qemu-firmware &&) \
+	$(KMEMHOST).bench --target $(or $(TARGET),unix) $(BENCH_ARGS)
+
 clean:
 	rm -rf build .pytest_cache
 	find tools host_tests -name __pycache__ -prune -exec rm -rf {} +

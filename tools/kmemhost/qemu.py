@@ -274,8 +274,10 @@ def _die_with_parent():
 class QemuBoard:
     """One qemu-system-arm process with the UART on a pty; stop() kills it by its PID."""
 
-    def __init__(self, frozen=False, romfs=None, log=None):
-        self.frozen, self.romfs = frozen, romfs
+    def __init__(self, frozen=False, romfs=None, log=None, icount=None):
+        # icount: QEMU's -icount shift (virtual time = 2**shift ns per instruction), so that
+        # timings do not depend on how busy the host is (make bench).
+        self.frozen, self.romfs, self.icount = frozen, romfs, icount
         # One log per process: two runs side by side must not read each other's pty.
         self.log = Path(log or OUT / f"qemu-{os.getpid()}.log")
         self.proc = None
@@ -288,6 +290,8 @@ class QemuBoard:
             raise QemuError(f"{firmware.relative_to(ROOT)} not built; run `make qemu-firmware`")
         cmd = ["qemu-system-arm", *qemu["args"], "-nographic", "-monitor", "null",
                "-serial", "pty", "-kernel", str(firmware)]
+        if self.icount is not None:
+            cmd += ["-icount", f"shift={self.icount}"]
         if self.romfs:
             cmd += ["-device", f"loader,file={self.romfs},addr={qemu['romfs_start']},force-raw=on"]
         return cmd

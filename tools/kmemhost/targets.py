@@ -882,14 +882,16 @@ class QemuSerial(LocalBoard):
 
     what = "emulated board (QEMU)"
 
-    def __init__(self, profile, **kwargs):
+    def __init__(self, profile, icount=None, **kwargs):
         super().__init__("qemu", profile, **kwargs)
+        self.icount = icount
 
     def _start(self):
         from . import qemu
         arch = self.arch or self.profile["mpy_arch"]
         image = qemu.romfs_image(arch) if self.deploy_mode == "romfs" else None
-        board = qemu.QemuBoard(frozen=self.deploy_mode == "frozen", romfs=image)
+        board = qemu.QemuBoard(frozen=self.deploy_mode == "frozen", romfs=image,
+                               icount=self.icount)
         return board, board.start()
 
 
@@ -928,8 +930,9 @@ class QemuTarget(SerialTarget):
     kind = "qemu"
     default_deploy = "romfs"
 
-    def __init__(self, profile="qemu_microbit", **kwargs):
+    def __init__(self, profile="qemu_microbit", icount=None, **kwargs):
         kwargs.pop("device", None)
+        self.icount = icount  # QEMU -icount shift (make bench), None: real time
         super().__init__(None, profile, **kwargs)
         if self.deploy == "flash":
             raise ValueError("--target qemu has no writable flash filesystem; use --deploy "
@@ -944,12 +947,13 @@ class QemuTarget(SerialTarget):
         return ("qemu",)
 
     def _new_board(self):
-        return QemuSerial(self.profile, deploy=self.deploy, arch=self.arch, timeout=self.timeout)
+        return QemuSerial(self.profile, icount=self.icount, deploy=self.deploy, arch=self.arch,
+                          timeout=self.timeout)
 
     @property
     def board(self):
         board = _BOARDS.get(self._key)
-        if board is not None and board.deploy_mode != self.deploy:
+        if board is not None and (board.deploy_mode, board.icount) != (self.deploy, self.icount):
             _dispose(_BOARDS.pop(self._key))  # other firmware or image: a new QEMU
         return super().board
 
