@@ -49,8 +49,10 @@ qemu-firmware: $(STAMP)
 qemu: qemu-firmware
 	$(KMEMHOST).qemu run --pty-file build/qemu/pty $(QEMU_ARGS)
 
-# Every firmware .py must compile for the real boards (armv6m: rpi_pico, xtensawin: esp32).
+# Every firmware .py must compile for the real boards (armv6m: rpi_pico, xtensawin: esp32),
+# and the block helpers inlined into the hot paths must match firmware/blocks/tlsf.blocks.
 mpy-check: $(STAMP)
+	$(KMEMHOST).inline --check
 	$(KMEMHOST).build --check --arch armv6m --arch xtensawin
 
 demo: $(STAMP)

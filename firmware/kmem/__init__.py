@@ -17,6 +17,7 @@ from .structs import (
     PAGE_SIZE, VM_AREA_STRUCT, MM_STRUCT,
 )
 from .kheap import Heap, CorruptionError, check_heap_args
+from .tlsf import bind as _bind
 
 __version__ = "0.1.0"
 
@@ -27,8 +28,12 @@ def init(size=32768, base=None, align=4):
     """(Re)create the default heap and return it."""
     global _heap
     check_heap_args(size, base, align)  # bad arguments keep the old heap
-    _heap = None  # let the old arena be collected before the new one is made
+    # Let the old arena be collected before the new one is made; the hot paths must not
+    # point at it meanwhile (with no arena, their next call asks heap() for one).
+    _retarget(heap, 0)
+    _heap = None
     _heap = Heap(size, base, align)
+    _retarget(_heap, _heap._addr)
     return _heap
 
 
@@ -37,9 +42,9 @@ def heap():
     return _heap or init()
 
 
-# The API on the default heap; see Heap for each function's contract.
-def kmalloc(size):
-    return heap().kmalloc(size)
+# The API on the default heap; see Heap for each function's contract. kmalloc, kfree and
+# ksize are the default heap's viper hot paths themselves (init() retargets them).
+kmalloc, kfree, ksize, _retarget = _bind(heap, 0)
 
 
 def kzalloc(size):
@@ -52,14 +57,6 @@ def kcalloc(n, size):
 
 def krealloc(ptr, size):
     return heap().krealloc(ptr, size)
-
-
-def kfree(ptr):
-    return heap().kfree(ptr)
-
-
-def ksize(ptr):
-    return heap().ksize(ptr)
 
 
 def allocate_kernel_stack(size):

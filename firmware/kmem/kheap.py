@@ -49,7 +49,13 @@ def check_heap_args(size, base, align):
 
 
 class Heap:
-    """A TLSF heap over its own bytearray arena. Addresses are base + offset."""
+    """A TLSF heap over its own bytearray arena. Addresses are base + offset.
+
+    kmalloc(size), kfree(ptr) and ksize(ptr) are the viper hot paths of tlsf.bind(), kept
+    as instance attributes (no method layer between the caller and the body):
+    kmalloc gives the address of a new block of >= size bytes, or None when none fits;
+    kfree frees a kmalloc block (NULL is a no-op; anything else raises ValueError);
+    ksize gives the usable bytes of a block (>= what was asked for; 0 for NULL)."""
 
     def __init__(self, size=32768, base=None, align=4):
         granule = check_heap_args(size, base, align)
@@ -59,7 +65,9 @@ class Heap:
             base = uctypes.addressof(arena)
             if base >= _NATIVE_LIMIT or base % granule:
                 base = _UNIX_BASE
-        tlsf.format(arena, 4 if granule == 16 else 3)
+        tlsf.format(arena, 4 if granule == 16 else 3, base)
+        self._addr = uctypes.addressof(arena)  # raw buffer address, for the hot paths
+        self.kmalloc, self.kfree, self.ksize, _ = tlsf.bind(self, self._addr)
         self.arena = arena
         self.base = base
         self.size = size
@@ -141,10 +149,45 @@ class Heap:
             tlsf.fill(self.arena, ptr - self.base, 0, size)
         return ptr
 
-    def kmalloc(self, size):
-        """Address of a new block of >= size bytes, or None when none fits."""
+    # ---- the hot paths' out-of-line parts (tlsf.bind) ---------------------------------
+
+    def _kmalloc_slow(self, size):
+        # Not an int, negative, or too big for any arena (counted as a failure).
         _need_size(size)
-        return self._alloc(size, KIND_PLAIN) if size else None
+        return self._alloc(min(size, self.size), KIND_PLAIN)
+
+    def _oom(self):
+        if self._debug:
+            print("Memory allocation failed")
+        return None
+
+    def _debug_alloc(self, size, ptr):
+        print("Memory allocated: %d bytes at 0x%08x" % (size, ptr))
+
+    def _debug_free(self, ptr):
+        print("Memory free requested at 0x%08x" % ptr)
+
+    def _kfree_slow(self, ptr):
+        # kfree of something that is not a machine int: NULL, or an error.
+        if ptr is None:
+            return
+        if not isinstance(ptr, int):
+            raise TypeError("kfree: pointer must be an int or None")
+        self._free(ptr, KIND_PLAIN, "kfree")  # an int too big for a machine word
+
+    def _bad_free(self, ptr, code):
+        raise self._bad_pointer(ptr, "kfree", code, KIND_PLAIN)
+
+    def _ksize_slow(self, ptr):
+        if ptr is None:
+            return 0
+        if not isinstance(ptr, int):
+            raise TypeError("ksize: pointer must be an int or None")
+        off = self._offset(ptr, "ksize")  # a bool or big int may still name a block
+        n = tlsf.usable(self.arena, off) if off >= 0 else -1
+        if n < 0:
+            raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
+        return n
 
     def kzalloc(self, size):
         """kmalloc, with the block zeroed."""
@@ -159,12 +202,6 @@ class Heap:
         _need_size(n, "n")
         _need_size(size)
         return self.kzalloc(n * size)
-
-    def kfree(self, ptr):
-        """Free a kmalloc block; NULL is a no-op; anything else raises ValueError."""
-        if _is_null(ptr):
-            return
-        self._free(ptr, KIND_PLAIN, "kfree")
 
     def krealloc(self, ptr, size):
         """Resize a block, in place when possible; C realloc semantics."""
@@ -187,16 +224,6 @@ class Heap:
             tlsf.move(self.arena, new - self.base, off, keep)
             self.kfree(ptr)
         return new
-
-    def ksize(self, ptr):
-        """Usable bytes of the block at ptr (>= what was asked for); 0 for NULL."""
-        if _is_null(ptr):
-            return 0
-        off = self._offset(ptr, "ksize")
-        n = tlsf.usable(self.arena, off) if off >= 0 else -1
-        if n < 0:
-            raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
-        return n
 
     # ---- kernel stacks ------------------------------------------------------------
 
@@ -300,6 +327,7 @@ class Heap:
     def debug(self, on=True):
         """Print the seed's allocation messages while on."""
         self._debug = bool(on)
+        tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, tlsf.FLAG_DEBUG if on else 0)
 
     # ---- address spaces (vm.py) -----------------------------------------------------------
     mm_create = vm.mm_create

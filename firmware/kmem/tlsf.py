@@ -13,8 +13,9 @@
 # Arena layout (words):
 #   [0] MAGIC  [1] FLMAP  [2] USED  [3] PEAK  [4] LIVE  [5] NFREE  [6] ALLOCS
 #   [7] FREES  [8] FAILS  [9] GSHIFT  [10] FIRST  [11] END  [12] FLCOUNT
-#   [13] LIVEMAP (word index)  [14] HEADS (word index)  [15] reserved
-#   [16 .. 16+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
+#   [13] LIVEMAP (word index)  [14] HEADS (word index)  [15] BASE (kernel address of
+#   offset 0)  [16] FLAGS (bit 0: debug messages on)
+#   [17 .. 17+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
 #   [HEADS .. +FLCOUNT*16)   HEADS[fl*16+sl]: first free block of each class
 #   [LIVEMAP ..)             one bit per granule: set at each live payload
 #   FIRST ..                 blocks, then a 4-byte epilogue header at END
@@ -71,7 +72,11 @@ _W_END = const(11)
 _W_FLCOUNT = const(12)
 _W_LIVEMAP = const(13)
 _W_HEADS = const(14)
-_W_SLMAP = const(16)
+_W_BASE = const(15)
+_W_FLAGS = const(16)
+_W_SLMAP = const(17)
+FLAG_DEBUG = const(1)
+W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 
 _FREE = const(1)
 _PREV_FREE = const(2)
@@ -80,6 +85,21 @@ _KIND_SHIFT = const(28)
 _SL_SHIFT = const(4)  # 16 second-level lists
 
 MAX_ARENA = const(0x0FFFFFF0)  # block sizes must fit _SIZE_MASK
+
+# What a hot path found wrong, for CorruptionError (see _corrupt).
+_BAD_LINK = const(0)
+_BAD_FREE = const(1)
+_BAD_HEADER = const(2)
+_BAD_NEXT = const(3)
+_BAD_TAG = const(4)
+_CORRUPT = ("free list link is broken", "free block header or boundary tag overwritten",
+            "header overwritten", "header of the next block overwritten",
+            "boundary tag before the block overwritten")
+
+
+def _corrupt(addr, what):
+    # Out of line: only reached when the arena is damaged.
+    raise CorruptionError("block at 0x%08x: %s" % (addr & 0xFFFFFFFF, _CORRUPT[what]))
 
 
 # ---- bit helpers -----------------------------------------------------------
@@ -149,53 +169,144 @@ def _find_free(arena, li: int) -> int:
 @micropython.viper
 def _insert_free(arena, b: int, size: int):
     a = ptr32(arena)
-    li = int(_class_of(arena, size))
-    head = a[_W_HEADS] + li
-    nxt = a[head]
-    w = b >> 2
-    a[w + 1] = nxt
-    a[w + 2] = 0
-    if nxt:
-        a[(nxt >> 2) + 2] = b
-    a[head] = b
-    fl = li >> _SL_SHIFT
-    a[_W_SLMAP + fl] = a[_W_SLMAP + fl] | (1 << (li & 15))
-    a[_W_FLMAP] = a[_W_FLMAP] | (1 << fl)
+    gs = a[_W_GSHIFT]
+    #@use link(b, size)
+    if size < (16 << gs):
+        ln_li = size >> gs
+    else:
+        fl_x = size
+        co_t = 0
+        if fl_x >= 0x10000:
+            fl_x >>= 16
+            co_t += 16
+        if fl_x >= 0x100:
+            fl_x >>= 8
+            co_t += 8
+        if fl_x >= 0x10:
+            fl_x >>= 4
+            co_t += 4
+        if fl_x >= 0x4:
+            fl_x >>= 2
+            co_t += 2
+        if fl_x >= 0x2:
+            co_t += 1
+        ln_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+    ln_head = a[_W_HEADS] + ln_li
+    ln_nxt = a[ln_head]
+    if ln_nxt:
+        if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    a[(b >> 2) + 1] = ln_nxt
+    a[(b >> 2) + 2] = 0
+    if ln_nxt:
+        a[(ln_nxt >> 2) + 2] = b
+    a[ln_head] = b
+    ln_fl = ln_li >> 4
+    a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
+    a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
     a[_W_NFREE] = a[_W_NFREE] + 1
+    #@end
 
 
 @micropython.viper
 def _remove_free(arena, b: int, size: int):
     a = ptr32(arena)
-    w = b >> 2
-    nxt = a[w + 1]
-    prv = a[w + 2]
-    if nxt:
-        a[(nxt >> 2) + 2] = prv
-    if prv:
-        a[(prv >> 2) + 1] = nxt
+    gs = a[_W_GSHIFT]
+    #@use unlink(b, size)
+    ul_nxt = a[(b >> 2) + 1]
+    ul_prv = a[(b >> 2) + 2]
+    if ul_nxt:
+        if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    if ul_prv:
+        if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+        _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    if size < (16 << gs):
+        ul_li = size >> gs
     else:
-        li = int(_class_of(arena, size))
-        a[a[_W_HEADS] + li] = nxt
-        if nxt == 0:
-            fl = li >> _SL_SHIFT
-            slmap = a[_W_SLMAP + fl] & ~(1 << (li & 15))
-            a[_W_SLMAP + fl] = slmap
-            if slmap == 0:
-                a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << fl)
+        fl_x = size
+        co_t = 0
+        if fl_x >= 0x10000:
+            fl_x >>= 16
+            co_t += 16
+        if fl_x >= 0x100:
+            fl_x >>= 8
+            co_t += 8
+        if fl_x >= 0x10:
+            fl_x >>= 4
+            co_t += 4
+        if fl_x >= 0x4:
+            fl_x >>= 2
+            co_t += 2
+        if fl_x >= 0x2:
+            co_t += 1
+        ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+    ul_head = a[_W_HEADS] + ul_li
+    if ul_prv:
+        if a[(ul_prv >> 2) + 1] != b:
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    elif a[ul_head] != b:
+        _corrupt(a[_W_BASE] + b, _BAD_LINK)
+    if ul_nxt:
+        a[(ul_nxt >> 2) + 2] = ul_prv
+    if ul_prv:
+        a[(ul_prv >> 2) + 1] = ul_nxt
+    else:
+        a[ul_head] = ul_nxt
+        if ul_nxt == 0:
+            ul_fl = ul_li >> 4
+            ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+            a[_W_SLMAP + ul_fl] = ul_map
+            if ul_map == 0:
+                a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
     a[_W_NFREE] = a[_W_NFREE] - 1
+    #@end
 
 
 @micropython.viper
-def _first_fit_in_class(arena, size: int) -> int:
-    # Fallback when good fit fails: the request's own class may still hold a
-    # block that is big enough (the good-fit search skips it by rounding up).
-    a = ptr32(arena)
-    li = int(_class_of(arena, size))
-    if (li >> _SL_SHIFT) >= a[_W_FLCOUNT]:
+def _first_fit_at(addr: int, size: int) -> int:
+    # Fallback when good fit fails: the request's own class may still hold a block that is
+    # big enough (the good-fit search skips it by rounding up). The walk is bounded by the
+    # number of free blocks and checks each link before following it.
+    a = ptr32(addr)
+    gs = a[_W_GSHIFT]
+    #@use class_of(li, size)
+    if size < (16 << gs):
+        li = size >> gs
+    else:
+        fl_x = size
+        co_t = 0
+        if fl_x >= 0x10000:
+            fl_x >>= 16
+            co_t += 16
+        if fl_x >= 0x100:
+            fl_x >>= 8
+            co_t += 8
+        if fl_x >= 0x10:
+            fl_x >>= 4
+            co_t += 4
+        if fl_x >= 0x4:
+            fl_x >>= 2
+            co_t += 2
+        if fl_x >= 0x2:
+            co_t += 1
+        li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+    #@end
+    if (li >> 4) >= a[_W_FLCOUNT]:
         return 0
     b = a[a[_W_HEADS] + li]
+    left = a[_W_NFREE]
     while b:
+        #@use check_link(b, 0)
+        if b:
+            if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + 0, _BAD_LINK)
+        #@end
+        if left <= 0:
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        left -= 1
         if (a[b >> 2] & _SIZE_MASK) >= size:
             return b
         b = a[(b >> 2) + 1]
@@ -305,7 +416,7 @@ def malloc(arena, n: int, kind: int) -> int:
     need = int(_block_size_for(arena, n))
     b = int(_find_free(arena, int(_class_above(arena, need))))
     if b == 0:
-        b = int(_first_fit_in_class(arena, need))
+        b = int(_first_fit_at(int(a), need))
         if b == 0:
             a[_W_FAILS] = a[_W_FAILS] + 1
             return 0
@@ -330,6 +441,537 @@ def malloc(arena, n: int, kind: int) -> int:
     a[_W_LIVE] = a[_W_LIVE] + 1
     a[_W_ALLOCS] = a[_W_ALLOCS] + 1
     return p
+
+
+# ---- the hot paths: one viper body per operation ----------------------------------
+#
+# bind() makes kmalloc, kfree and ksize for one arena as closures over its raw buffer
+# address (a captured int: cheaper than ptr32 of the bytearray) and its Heap (for the
+# out-of-line paths: errors, debug messages, first use). A Heap keeps them as instance
+# attributes and the kmem module exports the default heap's, retargeted by init(): no
+# layer sits between the caller and the body. The block helpers are inlined from
+# firmware/blocks/tlsf.blocks. Results are boxed through the module global _ret (viper
+# cannot box an int for an `object` return, and storing an existing global allocates
+# nothing), so every path, NULL and out of memory included, runs under heap_lock.
+
+_ret = 0
+
+
+def bind(heap, addr):
+    """(kmalloc, kfree, ksize, retarget) over the arena at raw address addr, owned by heap.
+    retarget(heap, addr) points them at another arena (addr 0: none yet; the first call
+    then asks heap() for one)."""
+
+    @micropython.viper
+    def kmalloc(nbytes) -> object:
+        global _ret
+        ad = int(addr)
+        if ad == 0:  # the default heap, before its first use
+            owner()
+            ad = int(addr)
+        # int() truncates a big int to a machine word; `_ret is nbytes` holds only for the
+        # small int it was (a bool or big int takes the slow path, which decides).
+        bad = 0
+        try:
+            n = int(nbytes)
+        except Exception:
+            bad = 1
+            n = 0
+        _ret = n
+        if bad or (n >> 28) or _ret is not nbytes:  # negative or beyond any arena, too
+            return owner._kmalloc_slow(nbytes)
+        if n == 0:
+            return None
+        a = ptr32(ad)
+        gs = a[_W_GSHIFT]
+        need = (n + HEADER + (1 << gs) - 1) & (-1 << gs)
+        if need < MIN_BLOCK:
+            need = MIN_BLOCK
+        # Good fit: the first non-empty class whose every block is >= need.
+        want = need
+        if need >= (16 << gs):
+            #@use fls(ca_t, need)
+            fl_x = need
+            ca_t = 0
+            if fl_x >= 0x10000:
+                fl_x >>= 16
+                ca_t += 16
+            if fl_x >= 0x100:
+                fl_x >>= 8
+                ca_t += 8
+            if fl_x >= 0x10:
+                fl_x >>= 4
+                ca_t += 4
+            if fl_x >= 0x4:
+                fl_x >>= 2
+                ca_t += 2
+            if fl_x >= 0x2:
+                ca_t += 1
+            #@end
+            want = need + (1 << (ca_t - 4)) - 1
+        #@use class_of(li, want)
+        if want < (16 << gs):
+            li = want >> gs
+        else:
+            fl_x = want
+            co_t = 0
+            if fl_x >= 0x10000:
+                fl_x >>= 16
+                co_t += 16
+            if fl_x >= 0x100:
+                fl_x >>= 8
+                co_t += 8
+            if fl_x >= 0x10:
+                fl_x >>= 4
+                co_t += 4
+            if fl_x >= 0x4:
+                fl_x >>= 2
+                co_t += 2
+            if fl_x >= 0x2:
+                co_t += 1
+            li = ((co_t - gs - 3) << 4) | ((want >> (co_t - 4)) & 15)
+        #@end
+        fl = li >> 4
+        b = 0
+        if fl < a[_W_FLCOUNT]:
+            slmap = a[_W_SLMAP + fl] & (-1 << (li & 15))
+            if slmap == 0:
+                flmap = a[_W_FLMAP] & (-1 << (fl + 1))
+                if flmap:
+                    #@use fls(fl, flmap & -flmap)
+                    fl_x = flmap & -flmap
+                    fl = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        fl += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        fl += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        fl += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        fl += 2
+                    if fl_x >= 0x2:
+                        fl += 1
+                    #@end
+                    slmap = a[_W_SLMAP + fl]
+            if slmap:
+                #@use fls(sl, slmap & -slmap)
+                fl_x = slmap & -slmap
+                sl = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    sl += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    sl += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    sl += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    sl += 2
+                if fl_x >= 0x2:
+                    sl += 1
+                #@end
+                b = a[a[_W_HEADS] + (fl << 4) + sl]
+        if b == 0:
+            b = int(_first_fit_at(ad, need))
+            if b == 0:
+                a[_W_FAILS] = a[_W_FAILS] + 1
+                return owner._oom()
+        #@use check_link(b, 0)
+        if b:
+            if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + 0, _BAD_LINK)
+        #@end
+        #@use free_size(size, b)
+        fs_h = a[b >> 2]
+        size = fs_h & _SIZE_MASK
+        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or size < 16 or size & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + b, _BAD_FREE)
+        if b + size > a[_W_END] or a[((b + size) >> 2) - 1] != size:
+            _corrupt(a[_W_BASE] + b, _BAD_FREE)
+        #@end
+        if size < need:
+            _corrupt(a[_W_BASE] + b, _BAD_FREE)
+        #@use unlink(b, size)
+        ul_nxt = a[(b >> 2) + 1]
+        ul_prv = a[(b >> 2) + 2]
+        if ul_nxt:
+            if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        if ul_prv:
+            if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        if size < (16 << gs):
+            ul_li = size >> gs
+        else:
+            fl_x = size
+            co_t = 0
+            if fl_x >= 0x10000:
+                fl_x >>= 16
+                co_t += 16
+            if fl_x >= 0x100:
+                fl_x >>= 8
+                co_t += 8
+            if fl_x >= 0x10:
+                fl_x >>= 4
+                co_t += 4
+            if fl_x >= 0x4:
+                fl_x >>= 2
+                co_t += 2
+            if fl_x >= 0x2:
+                co_t += 1
+            ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+        ul_head = a[_W_HEADS] + ul_li
+        if ul_prv:
+            if a[(ul_prv >> 2) + 1] != b:
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        elif a[ul_head] != b:
+            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        if ul_nxt:
+            a[(ul_nxt >> 2) + 2] = ul_prv
+        if ul_prv:
+            a[(ul_prv >> 2) + 1] = ul_nxt
+        else:
+            a[ul_head] = ul_nxt
+            if ul_nxt == 0:
+                ul_fl = ul_li >> 4
+                ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                a[_W_SLMAP + ul_fl] = ul_map
+                if ul_map == 0:
+                    a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+        a[_W_NFREE] = a[_W_NFREE] - 1
+        #@end
+        rest = size - need
+        if rest >= MIN_BLOCK:
+            r = b + need
+            a[r >> 2] = rest | _FREE
+            a[((r + rest) >> 2) - 1] = rest
+            #@use link(r, rest)
+            if rest < (16 << gs):
+                ln_li = rest >> gs
+            else:
+                fl_x = rest
+                co_t = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    co_t += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    co_t += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    co_t += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    co_t += 2
+                if fl_x >= 0x2:
+                    co_t += 1
+                ln_li = ((co_t - gs - 3) << 4) | ((rest >> (co_t - 4)) & 15)
+            ln_head = a[_W_HEADS] + ln_li
+            ln_nxt = a[ln_head]
+            if ln_nxt:
+                if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+                    _corrupt(a[_W_BASE] + r, _BAD_LINK)
+            a[(r >> 2) + 1] = ln_nxt
+            a[(r >> 2) + 2] = 0
+            if ln_nxt:
+                a[(ln_nxt >> 2) + 2] = r
+            a[ln_head] = r
+            ln_fl = ln_li >> 4
+            a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
+            a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
+            a[_W_NFREE] = a[_W_NFREE] + 1
+            #@end
+            size = need
+        else:
+            nb = b + size
+            a[nb >> 2] = a[nb >> 2] & ~_PREV_FREE
+        a[b >> 2] = size  # a kmalloc block (kind 0); its predecessor is never free
+        p = b + HEADER
+        bit = p >> gs
+        w = a[_W_LIVEMAP] + (bit >> 5)
+        a[w] = a[w] | (1 << (bit & 31))
+        used = a[_W_USED] + size - HEADER
+        a[_W_USED] = used
+        if used > a[_W_PEAK]:
+            a[_W_PEAK] = used
+        a[_W_LIVE] = a[_W_LIVE] + 1
+        a[_W_ALLOCS] = a[_W_ALLOCS] + 1
+        _ret = uint(a[_W_BASE] + p)
+        if a[_W_FLAGS] & FLAG_DEBUG:
+            owner._debug_alloc(n, _ret)
+        return _ret
+
+    @micropython.viper
+    def kfree(ptr):
+        global _ret
+        ad = int(addr)
+        if ad == 0:  # the default heap, before its first use
+            owner()
+            ad = int(addr)
+        bad = 0
+        try:
+            q = int(ptr)
+        except Exception:
+            bad = 1
+            q = 0
+        _ret = q
+        if bad or _ret is not ptr:  # as in kmalloc
+            owner._kfree_slow(ptr)  # None: NULL; else TypeError / ValueError
+            return
+        if q == 0:
+            return
+        a = ptr32(ad)
+        if a[_W_FLAGS] & FLAG_DEBUG:
+            owner._debug_free(ptr)
+        gs = a[_W_GSHIFT]
+        p = q - a[_W_BASE]
+        if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
+            owner._bad_free(ptr, -1)
+        bit = p >> gs
+        w = a[_W_LIVEMAP] + (bit >> 5)
+        if (a[w] >> (bit & 31)) & 1 == 0:
+            owner._bad_free(ptr, -1)
+        b = p - HEADER
+        #@use live_size(size, b)
+        ls_h = a[b >> 2]
+        size = ls_h & _SIZE_MASK
+        if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        if b + size > a[_W_END]:
+            _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        #@end
+        if (a[b >> 2] >> _KIND_SHIFT) & 3:
+            owner._bad_free(ptr, -2)
+        # Both neighbours are checked before anything changes.
+        nb = b + size
+        nh = a[nb >> 2]
+        if nh & _PREV_FREE:
+            _corrupt(a[_W_BASE] + nb, _BAD_NEXT)
+        nsize = 0
+        if nh & _FREE:
+            #@use free_size(nsize, nb)
+            fs_h = a[nb >> 2]
+            nsize = fs_h & _SIZE_MASK
+            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
+                _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            #@end
+        psize = 0
+        if a[b >> 2] & _PREV_FREE:
+            psize = a[(b >> 2) - 1]
+            if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
+                _corrupt(a[_W_BASE] + b, _BAD_TAG)
+            #@use free_size(pchk, b - psize)
+            fs_h = a[b - psize >> 2]
+            pchk = fs_h & _SIZE_MASK
+            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + b - psize, _BAD_FREE)
+            if b - psize + pchk > a[_W_END] or a[((b - psize + pchk) >> 2) - 1] != pchk:
+                _corrupt(a[_W_BASE] + b - psize, _BAD_FREE)
+            #@end
+        a[w] = a[w] & ~(1 << (bit & 31))
+        a[_W_USED] = a[_W_USED] - (size - HEADER)
+        a[_W_LIVE] = a[_W_LIVE] - 1
+        a[_W_FREES] = a[_W_FREES] + 1
+        if nsize:
+            #@use unlink(nb, nsize)
+            ul_nxt = a[(nb >> 2) + 1]
+            ul_prv = a[(nb >> 2) + 2]
+            if ul_nxt:
+                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
+            if ul_prv:
+                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
+            if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
+                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
+            if nsize < (16 << gs):
+                ul_li = nsize >> gs
+            else:
+                fl_x = nsize
+                co_t = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    co_t += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    co_t += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    co_t += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    co_t += 2
+                if fl_x >= 0x2:
+                    co_t += 1
+                ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
+            ul_head = a[_W_HEADS] + ul_li
+            if ul_prv:
+                if a[(ul_prv >> 2) + 1] != nb:
+                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
+            elif a[ul_head] != nb:
+                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
+            if ul_nxt:
+                a[(ul_nxt >> 2) + 2] = ul_prv
+            if ul_prv:
+                a[(ul_prv >> 2) + 1] = ul_nxt
+            else:
+                a[ul_head] = ul_nxt
+                if ul_nxt == 0:
+                    ul_fl = ul_li >> 4
+                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                    a[_W_SLMAP + ul_fl] = ul_map
+                    if ul_map == 0:
+                        a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+            a[_W_NFREE] = a[_W_NFREE] - 1
+            #@end
+            size += nsize
+        if psize:
+            b -= psize
+            #@use unlink(b, psize)
+            ul_nxt = a[(b >> 2) + 1]
+            ul_prv = a[(b >> 2) + 2]
+            if ul_nxt:
+                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_prv:
+                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if psize < (16 << gs):
+                ul_li = psize >> gs
+            else:
+                fl_x = psize
+                co_t = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    co_t += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    co_t += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    co_t += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    co_t += 2
+                if fl_x >= 0x2:
+                    co_t += 1
+                ul_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
+            ul_head = a[_W_HEADS] + ul_li
+            if ul_prv:
+                if a[(ul_prv >> 2) + 1] != b:
+                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            elif a[ul_head] != b:
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_nxt:
+                a[(ul_nxt >> 2) + 2] = ul_prv
+            if ul_prv:
+                a[(ul_prv >> 2) + 1] = ul_nxt
+            else:
+                a[ul_head] = ul_nxt
+                if ul_nxt == 0:
+                    ul_fl = ul_li >> 4
+                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                    a[_W_SLMAP + ul_fl] = ul_map
+                    if ul_map == 0:
+                        a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+            a[_W_NFREE] = a[_W_NFREE] - 1
+            #@end
+            size += psize
+        a[b >> 2] = size | _FREE
+        a[((b + size) >> 2) - 1] = size
+        nb = b + size
+        a[nb >> 2] = a[nb >> 2] | _PREV_FREE
+        #@use link(b, size)
+        if size < (16 << gs):
+            ln_li = size >> gs
+        else:
+            fl_x = size
+            co_t = 0
+            if fl_x >= 0x10000:
+                fl_x >>= 16
+                co_t += 16
+            if fl_x >= 0x100:
+                fl_x >>= 8
+                co_t += 8
+            if fl_x >= 0x10:
+                fl_x >>= 4
+                co_t += 4
+            if fl_x >= 0x4:
+                fl_x >>= 2
+                co_t += 2
+            if fl_x >= 0x2:
+                co_t += 1
+            ln_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+        ln_head = a[_W_HEADS] + ln_li
+        ln_nxt = a[ln_head]
+        if ln_nxt:
+            if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        a[(b >> 2) + 1] = ln_nxt
+        a[(b >> 2) + 2] = 0
+        if ln_nxt:
+            a[(ln_nxt >> 2) + 2] = b
+        a[ln_head] = b
+        ln_fl = ln_li >> 4
+        a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
+        a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
+        a[_W_NFREE] = a[_W_NFREE] + 1
+        #@end
+
+    @micropython.viper
+    def ksize(ptr) -> int:
+        global _ret
+        ad = int(addr)
+        if ad == 0:  # the default heap, before its first use
+            owner()
+            ad = int(addr)
+        bad = 0
+        try:
+            q = int(ptr)
+        except Exception:
+            bad = 1
+            q = 0
+        _ret = q
+        if bad or _ret is not ptr:  # as in kmalloc
+            return int(owner._ksize_slow(ptr))
+        if q == 0:
+            return 0
+        a = ptr32(ad)
+        gs = a[_W_GSHIFT]
+        p = q - a[_W_BASE]
+        if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
+            return int(owner._ksize_slow(ptr))
+        bit = p >> gs
+        if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
+            return int(owner._ksize_slow(ptr))
+        #@use live_size(size, p - HEADER)
+        ls_h = a[p - HEADER >> 2]
+        size = ls_h & _SIZE_MASK
+        if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + p - HEADER, _BAD_HEADER)
+        if p - HEADER + size > a[_W_END]:
+            _corrupt(a[_W_BASE] + p - HEADER, _BAD_HEADER)
+        #@end
+        return size - HEADER
+
+    def retarget(new_owner, new_addr):
+        nonlocal owner, addr
+        owner, addr = new_owner, new_addr
+
+    owner = heap
+    return kmalloc, kfree, ksize, retarget
 
 
 @micropython.viper
@@ -453,7 +1095,7 @@ def move(a: ptr8, dst: int, src: int, n: int):
 
 # ---- set-up and introspection (not hot) ---------------------------------------
 
-def format(arena, gshift):
+def format(arena, gshift, base):
     """Lay out an empty heap in arena: control words, then one free block."""
     size = len(arena)
     g = 1 << gshift
@@ -470,7 +1112,7 @@ def format(arena, gshift):
     words = (
         (_W_MAGIC, _MAGIC), (_W_GSHIFT, gshift), (_W_FIRST, first),
         (_W_END, end), (_W_FLCOUNT, flcount), (_W_LIVEMAP, livemap),
-        (_W_HEADS, heads),
+        (_W_HEADS, heads), (_W_BASE, base),
     )
     for index, value in words:
         store32(arena, index * 4, value)

@@ -1,0 +1,77 @@
+"""A damaged arena is reported, never followed outside it: the hot paths check every size
+and link they read (tlsf.blocks) and raise CorruptionError naming the block, before they
+write anything. The damage is done as a buggy program would: through a raw pointer."""
+import pytest
+
+POKE = """
+import uctypes
+def overrun(p, value):
+    uctypes.bytearray_at(addressof(p) + ksize(p), 1)[0] = value
+def poke32(p, off, value):
+    # A word at p + off, p a live block (addressof accepts only those).
+    import struct
+    struct.pack_into('<I', uctypes.bytearray_at(addressof(p) + off, 4), 0, value)
+"""
+
+
+def corruption(target, code):
+    """The CorruptionError message the snippet's last statement raised, or None."""
+    return target.eval("err", setup=POKE + f"""
+err = None
+try:
+{chr(10).join('    ' + line for line in code.strip().splitlines())}
+except CorruptionError as e:
+    err = str(e)
+""")
+
+
+def test_one_byte_overrun_into_a_live_block_is_reported_by_kfree(target):
+    err = corruption(target, """
+p = kmalloc(24); q = kmalloc(24); r = kmalloc(24)
+overrun(p, 0xFF)              # q's header now claims FREE | PREV_FREE
+kfree(p)
+""")
+    assert err is not None and err.endswith("header of the next block overwritten")
+
+
+def test_one_byte_overrun_into_a_free_block_is_reported_by_kfree_and_kmalloc(target):
+    err_free, err_malloc, intact = target.eval("(err_free, err_malloc, check_ok)", setup=POKE + """
+p = kmalloc(24)                    # the rest of the arena is one free block after p
+overrun(p, 0x31)                   # its header's low byte: 48 bytes, still FREE
+err_free = err_malloc = None
+try:
+    kfree(p)                       # would merge with the free block of a bogus size
+except CorruptionError as e:
+    err_free = str(e)
+try:
+    kmalloc(64)                    # would split the free block at a bogus size
+except CorruptionError as e:
+    err_malloc = str(e)
+check_ok = True
+try:
+    check()
+except CorruptionError:
+    check_ok = False
+""")
+    assert err_free.endswith("free block header or boundary tag overwritten")
+    assert err_malloc.endswith("free block header or boundary tag overwritten")
+    assert intact is False  # nothing was repaired behind the user's back
+
+
+def test_a_free_list_link_out_of_the_arena_is_not_followed(target):
+    err = corruption(target, """
+p = kmalloc(24); q = kmalloc(24); r = kmalloc(24)
+kfree(q)                           # q's block is now free; its next link is at q
+poke32(p, q - p, 0x7FFFFFF0)       # ...pointing far outside the arena
+kfree(p)                           # merging with q unlinks it: must check the link first
+""")
+    assert err is not None and err.endswith("free list link is broken")
+
+
+def test_a_damaged_header_of_a_live_block_is_reported_by_kfree(target):
+    err = corruption(target, """
+p = kmalloc(24); q = kmalloc(24)
+poke32(q, -4, 0)                   # q's header: size 0
+kfree(q)
+""")
+    assert err is not None and err.endswith("header overwritten")
