@@ -122,26 +122,42 @@ class Heap:
 
     # ---- allocation --------------------------------------------------------------
 
+    def _quietly(self, fn, arg):
+        # A hot path without its own debug message (the caller prints the seed's).
+        tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, 0)
+        try:
+            return fn(arg)
+        finally:
+            tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, tlsf.FLAG_DEBUG if self._debug else 0)
+
     def _alloc(self, size, kind, asked=None):
-        # The one allocation path; the argument is already validated. The
-        # debug message shows what the caller asked for (asked, else size).
-        off = tlsf.malloc(self.arena, min(size, self.size), kind)
-        if not off:
+        # Blocks of every kind come from the kmalloc hot path; the argument is already
+        # validated. The debug message shows what the caller asked for (asked, else size).
+        ptr = self._quietly(self.kmalloc, min(size, self.size))
+        if ptr is None:
             if self._debug:
                 print("Memory allocation failed")
             return None
+        if kind:
+            off = ptr - self.base - 4
+            tlsf.store32(self.arena, off, tlsf.load32(self.arena, off) | kind << tlsf.KIND_SHIFT)
         if self._debug:
-            print("Memory allocated: %d bytes at 0x%08x" % (asked or size, self.base + off))
-        return self.base + off
+            print("Memory allocated: %d bytes at 0x%08x" % (asked or size, ptr))
+        return ptr
 
     def _free(self, ptr, kind, fn):
-        # The one free path: validates before anything changes.
+        # Blocks of every kind go back through the kfree hot path, once the kind is checked
+        # (before anything changes).
         if self._debug:
             print("Memory free requested at 0x%08x" % ptr)
         off = self._offset(ptr, fn)
-        code = tlsf.free(self.arena, off, kind) if off >= 0 else -1
-        if code:
-            raise self._bad_pointer(ptr, fn, code, kind)
+        found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
+        if found != kind:
+            raise self._bad_pointer(ptr, fn, -2 if found >= 0 else -1, kind)
+        if kind:
+            hdr = tlsf.load32(self.arena, off - 4)
+            tlsf.store32(self.arena, off - 4, hdr & ~(3 << tlsf.KIND_SHIFT))
+        self._quietly(self.kfree, ptr)
 
     def _zalloc(self, size, kind):
         ptr = self._alloc(size, kind)
@@ -152,9 +168,12 @@ class Heap:
     # ---- the hot paths' out-of-line parts (tlsf.bind) ---------------------------------
 
     def _kmalloc_slow(self, size):
-        # Not an int, negative, or too big for any arena (counted as a failure).
+        # Not an int, negative, a bool, or too big for any arena (counted as a failure).
         _need_size(size)
-        return self._alloc(min(size, self.size), KIND_PLAIN)
+        if size < self.size:
+            return self.kmalloc(int(size))
+        tlsf.count_failure(self.arena)
+        return self._oom()
 
     def _oom(self):
         if self._debug:

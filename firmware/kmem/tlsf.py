@@ -82,6 +82,7 @@ _FREE = const(1)
 _PREV_FREE = const(2)
 _SIZE_MASK = const(0x0FFFFFF8)
 _KIND_SHIFT = const(28)
+KIND_SHIFT = const(28)
 _SL_SHIFT = const(4)  # 16 second-level lists
 
 MAX_ARENA = const(0x0FFFFFF0)  # block sizes must fit _SIZE_MASK
@@ -136,34 +137,6 @@ def _class_of(arena, size: int) -> int:
         return size >> gs
     t = int(_fls(size))
     return ((t - gs - 3) << _SL_SHIFT) | ((size >> (t - _SL_SHIFT)) & 15)
-
-
-@micropython.viper
-def _class_above(arena, size: int) -> int:
-    # Class whose every block is >= size: round size up to the next class.
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    if size >= (16 << gs):
-        size += (1 << (int(_fls(size)) - _SL_SHIFT)) - 1
-    return int(_class_of(arena, size))
-
-
-@micropython.viper
-def _find_free(arena, li: int) -> int:
-    # First block of the first non-empty list at class >= li, or 0.
-    a = ptr32(arena)
-    fl = li >> _SL_SHIFT
-    if fl >= a[_W_FLCOUNT]:
-        return 0
-    slmap = a[_W_SLMAP + fl] & (-1 << (li & 15))
-    if slmap == 0:
-        flmap = a[_W_FLMAP] & (-1 << (fl + 1))
-        if flmap == 0:
-            return 0
-        fl = int(_fls(flmap & -flmap))
-        slmap = a[_W_SLMAP + fl]
-    sl = int(_fls(slmap & -slmap))
-    return a[a[_W_HEADS] + (fl << _SL_SHIFT) + sl]
 
 
 @micropython.viper
@@ -316,17 +289,6 @@ def _first_fit_at(addr: int, size: int) -> int:
 # ---- the live map: one bit per granule, set at each live payload ------------
 
 @micropython.viper
-def _mark_live(arena, p: int, live: int):
-    a = ptr32(arena)
-    bit = p >> a[_W_GSHIFT]
-    w = a[_W_LIVEMAP] + (bit >> 5)
-    if live:
-        a[w] = a[w] | (1 << (bit & 31))
-    else:
-        a[w] = a[w] & ~(1 << (bit & 31))
-
-
-@micropython.viper
 def live_block(arena, p: int) -> int:
     # Header offset of the live block whose payload starts at p, else -1.
     a = ptr32(arena)
@@ -407,40 +369,6 @@ def _note_used(arena, delta: int):
     a[_W_USED] = used
     if used > a[_W_PEAK]:
         a[_W_PEAK] = used
-
-
-@micropython.viper
-def malloc(arena, n: int, kind: int) -> int:
-    # Payload offset of a new block of >= n usable bytes, or 0 (counted).
-    a = ptr32(arena)
-    need = int(_block_size_for(arena, n))
-    b = int(_find_free(arena, int(_class_above(arena, need))))
-    if b == 0:
-        b = int(_first_fit_at(int(a), need))
-        if b == 0:
-            a[_W_FAILS] = a[_W_FAILS] + 1
-            return 0
-    size = a[b >> 2] & _SIZE_MASK
-    _remove_free(arena, b, size)
-    rest = size - need
-    if rest >= MIN_BLOCK:
-        # Split: the tail stays free. The block after it keeps PREV_FREE.
-        r = b + need
-        a[r >> 2] = rest | _FREE
-        a[((r + rest) >> 2) - 1] = rest
-        _insert_free(arena, r, rest)
-        size = need
-    else:
-        nb = b + size
-        a[nb >> 2] = a[nb >> 2] & ~_PREV_FREE
-    # A free block's predecessor is never free, so PREV_FREE is clear here.
-    a[b >> 2] = size | (kind << _KIND_SHIFT)
-    p = b + HEADER
-    _mark_live(arena, p, 1)
-    _note_used(arena, size - HEADER)
-    a[_W_LIVE] = a[_W_LIVE] + 1
-    a[_W_ALLOCS] = a[_W_ALLOCS] + 1
-    return p
 
 
 # ---- the hot paths: one viper body per operation ----------------------------------
@@ -722,9 +650,9 @@ def bind(heap, addr):
         except Exception:
             bad = 1
             q = 0
-        _ret = q
-        if bad or _ret is not ptr:  # as in kmalloc
-            owner._kfree_slow(ptr)  # None: NULL; else TypeError / ValueError
+        _ret = uint(q)
+        if bad or (_ret is not ptr and not ptr == _ret):  # as in kmalloc; a big int that
+            owner._kfree_slow(ptr)  # is a 32-bit address passes. None: NULL; else errors
             return
         if q == 0:
             return
@@ -943,8 +871,8 @@ def bind(heap, addr):
         except Exception:
             bad = 1
             q = 0
-        _ret = q
-        if bad or _ret is not ptr:  # as in kmalloc
+        _ret = uint(q)
+        if bad or (_ret is not ptr and not ptr == _ret):  # as in kfree
             return int(owner._ksize_slow(ptr))
         if q == 0:
             return 0
@@ -985,22 +913,6 @@ def _owned_block(arena, p: int, kind: int) -> int:
     if (a[b >> 2] >> _KIND_SHIFT) & 3 != kind:
         return -2
     return b
-
-
-@micropython.viper
-def free(arena, p: int, kind: int) -> int:
-    # 0 when freed; -1 / -2 as _owned_block(). Changes nothing unless it frees.
-    a = ptr32(arena)
-    b = int(_owned_block(arena, p, kind))
-    if b < 0:
-        return b
-    size = a[b >> 2] & _SIZE_MASK
-    _mark_live(arena, p, 0)
-    a[_W_USED] = a[_W_USED] - (size - HEADER)
-    a[_W_LIVE] = a[_W_LIVE] - 1
-    a[_W_FREES] = a[_W_FREES] + 1
-    _release(arena, b, size)
-    return 0
 
 
 @micropython.viper
@@ -1057,6 +969,12 @@ def kind_of(arena, p: int) -> int:
 
 
 # ---- raw access ----------------------------------------------------------------
+
+@micropython.viper
+def count_failure(arena):
+    a = ptr32(arena)
+    a[_W_FAILS] = a[_W_FAILS] + 1
+
 
 @micropython.viper
 def load32(arena, off: int) -> uint:
