@@ -385,6 +385,26 @@ def _note_used(arena, delta: int):
 _ret = 0
 
 
+def _cells_hold_raw_words():
+    # Does this viper store a native int into a closure cell unboxed? Then a hot path can
+    # box a small int by hand, (x << 1) | 1, for free; else it boxes through _ret.
+    box = 0
+
+    @micropython.viper
+    def probe(x: int) -> object:
+        nonlocal box
+        box = (x << 1) | 1
+        return box
+
+    try:
+        return probe(5) == 5
+    except Exception:
+        return False
+
+
+_RAW_CELLS = _cells_hold_raw_words()
+
+
 def bind(heap, addr):
     """(kmalloc, kfree, ksize, retarget) over the arena at raw address addr, owned by heap.
     retarget(heap, addr) points them at another arena (addr 0: none yet; the first call
@@ -393,20 +413,24 @@ def bind(heap, addr):
     @micropython.viper
     def kmalloc(nbytes) -> object:
         global _ret
+        nonlocal tag
         ad = int(addr)
         if ad == 0:  # the default heap, before its first use
             owner()
             ad = int(addr)
-        # int() truncates a big int to a machine word; `_ret is nbytes` holds only for the
-        # small int it was (a bool or big int takes the slow path, which decides).
+        # int() truncates a big int to a machine word. `tag` gets the object word of the
+        # small int n by hand ((n << 1) | 1; viper stores a native int into a closure cell
+        # as it is), so `tag is nbytes` holds only for the small int it was: a bool or a big
+        # int takes the slow path, which decides. (Were the cell ever boxed, the test would
+        # just always fail: slower, never wrong.)
         bad = 0
         try:
             n = int(nbytes)
         except Exception:
             bad = 1
             n = 0
-        _ret = n
-        if bad or (n >> 28) or _ret is not nbytes:  # negative or beyond any arena, too
+        tag = (n << 1) | 1
+        if bad or (n >> 28) or tag is not nbytes:  # negative or beyond any arena, too
             return owner._kmalloc_slow(nbytes)
         if n == 0:
             return None
@@ -632,14 +656,20 @@ def bind(heap, addr):
             a[_W_PEAK] = used
         a[_W_LIVE] = a[_W_LIVE] + 1
         a[_W_ALLOCS] = a[_W_ALLOCS] + 1
-        _ret = uint(a[_W_BASE] + p)
+        q = a[_W_BASE] + p
         if a[_W_FLAGS] & FLAG_DEBUG:
+            _ret = uint(q)
             owner._debug_alloc(n, _ret)
+        if raw and (q >> 29) == 0:  # a small int everywhere: box it by hand (see tag)
+            tag = (q << 1) | 1
+            return tag
+        _ret = uint(q)
         return _ret
 
     @micropython.viper
     def kfree(ptr):
         global _ret
+        nonlocal tag
         ad = int(addr)
         if ad == 0:  # the default heap, before its first use
             owner()
@@ -650,10 +680,12 @@ def bind(heap, addr):
         except Exception:
             bad = 1
             q = 0
-        _ret = uint(q)
-        if bad or (_ret is not ptr and not ptr == _ret):  # as in kmalloc; a big int that
-            owner._kfree_slow(ptr)  # is a 32-bit address passes. None: NULL; else errors
-            return
+        tag = (q << 1) | 1
+        if bad or tag is not ptr:  # as in kmalloc
+            _ret = uint(q)
+            if bad or not ptr == _ret:  # a big int that is a 32-bit address goes on
+                owner._kfree_slow(ptr)  # None: NULL; else TypeError / ValueError
+                return
         if q == 0:
             return
         a = ptr32(ad)
@@ -861,6 +893,7 @@ def bind(heap, addr):
     @micropython.viper
     def ksize(ptr) -> int:
         global _ret
+        nonlocal tag
         ad = int(addr)
         if ad == 0:  # the default heap, before its first use
             owner()
@@ -871,9 +904,11 @@ def bind(heap, addr):
         except Exception:
             bad = 1
             q = 0
-        _ret = uint(q)
-        if bad or (_ret is not ptr and not ptr == _ret):  # as in kfree
-            return int(owner._ksize_slow(ptr))
+        tag = (q << 1) | 1
+        if bad or tag is not ptr:  # as in kfree
+            _ret = uint(q)
+            if bad or not ptr == _ret:
+                return int(owner._ksize_slow(ptr))
         if q == 0:
             return 0
         a = ptr32(ad)
@@ -899,6 +934,8 @@ def bind(heap, addr):
         owner, addr = new_owner, new_addr
 
     owner = heap
+    tag = 0
+    raw = _RAW_CELLS
     return kmalloc, kfree, ksize, retarget
 
 
