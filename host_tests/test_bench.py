@@ -39,4 +39,4 @@ def test_fewer_live_blocks_on_a_small_heap_and_it_says_so(tmp_path, monkeypatch,
     assert "needs a" in r["skipped_live"]["4096"]
     out = capsys.readouterr().out
     assert "L=4096: skipped, needs a" in out
-    assert r["small_arena"] == 32768 and "a 64 KiB one does not fit" in out
+    assert r["small_arena"] < 65536 and "a 64 KiB one does not fit" in out

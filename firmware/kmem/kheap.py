@@ -103,18 +103,20 @@ class Heap:
                                     -2 if found >= 0 else -1, kind)
         return ptr
 
-    def _bounds(self, ptr, fn):
-        # (offset of ptr, offset of the end of the live block that holds it).
+    def _block_end(self, ptr, fn):
+        # Offset of the end of the live block that holds ptr (no tuple: memset and memcpy
+        # must not allocate).
         off = -1 if ptr is None else self._offset(ptr, fn)
         start = tlsf.block_containing(self.arena, off) if off >= 0 else -1
         if start < 0:
             raise ValueError("%s: 0x%08x is not inside a live block" % (fn, ptr or 0))
-        return off, start + tlsf.usable(self.arena, start)
+        return start + tlsf.usable(self.arena, start)
 
     def _span(self, ptr, n, fn):
         # Offset of ptr when [ptr, ptr+n) lies inside one live block.
         _need_size(n, "n")
-        off, end = self._bounds(ptr, fn)
+        end = self._block_end(ptr, fn)
+        off = ptr - self.base
         if off + n > end:
             raise ValueError("%s: %d bytes at 0x%08x run past the end of the block (0x%08x)"
                              % (fn, n, ptr, self.base + end))
@@ -220,6 +222,8 @@ class Heap:
         arena simply fails like any other request."""
         _need_size(n, "n")
         _need_size(size)
+        if size and n > self.size // size:  # fails without making a big int of n * size
+            return self._kmalloc_slow(self.size)
         return self.kzalloc(n * size)
 
     def krealloc(self, ptr, size):
@@ -293,7 +297,8 @@ class Heap:
     def view(self, ptr, n=None):
         """A memoryview of n bytes at ptr (default: up to the end of its block)."""
         if n is None:
-            off, end = self._bounds(ptr, "view")
+            end = self._block_end(ptr, "view")
+            off = ptr - self.base
             n = end - off
         else:
             off = self._span(ptr, n, "view")
@@ -301,7 +306,8 @@ class Heap:
 
     def addressof(self, ptr):
         """The real machine address of a kernel address (for uctypes or viper)."""
-        return uctypes.addressof(self.arena) + self._bounds(ptr, "addressof")[0]
+        self._block_end(ptr, "addressof")
+        return self._addr + ptr - self.base
 
     def vma(self, ptr):
         """A uctypes view of the VM_AREA_STRUCT at ptr."""
