@@ -38,10 +38,11 @@ QEMU_ICOUNT = 4          # -icount shift: 16 ns of virtual time per instruction
 _COMMON = """\
 import gc, time
 from kmem import *
-_s = [{seed}]
+_s = [{seed} % 65537]
 def rnd(n):
-    _s[0] = (_s[0] * 1103515245 + 12345) & 0x3fffffff
-    return (_s[0] >> 8) % n
+    # The ZX81's LCG: its products stay small ints on a 32-bit board (no allocation).
+    _s[0] = (_s[0] * 75 + 74) % 65537
+    return _s[0] % n
 def logsize(lo, hi):
     return int(lo * (hi / lo) ** (rnd(10000) / 10000))
 us = time.ticks_us
@@ -85,26 +86,36 @@ print(repr(res))
 
 _TRACE = _COMMON + """\
 init({arena})
-live, times = [], {{'kmalloc': [], 'kfree': [], 'krealloc': []}}
+# Preallocated records and no collection during the trace: its maximum is kmem's, not a
+# garbage collection of the harness's own lists.
+kinds = [0] * {ops}
+spent = [0] * {ops}
+sizes = [logsize(8, 2048) for _ in range({ops})]  # floats allocate: drawn beforehand
+live = []
+gc.collect()
+gc.disable()
 for i in range({ops}):
     r = rnd(10)
     if not live or r < 5:
-        size = logsize(8, 2048)
-        t = us(); p = kmalloc(size); t = diff(us(), t)
-        times['kmalloc'].append(t)
+        t = us(); p = kmalloc(sizes[i]); t = diff(us(), t)
         if p:
             live.append(p)
     elif r < 8:
         p = live.pop(rnd(len(live)))
         t = us(); kfree(p); t = diff(us(), t)
-        times['kfree'].append(t)
+        kinds[i] = 1
     else:
         j = rnd(len(live))
-        size = logsize(8, 2048)
-        t = us(); p = krealloc(live[j], size); t = diff(us(), t)
-        times['krealloc'].append(t)
+        t = us(); p = krealloc(live[j], sizes[i]); t = diff(us(), t)
+        kinds[i] = 2
         if p:
             live[j] = p
+    spent[i] = t
+gc.enable()
+times = {{'kmalloc': [], 'kfree': [], 'krealloc': []}}
+names = ('kmalloc', 'kfree', 'krealloc')
+for i in range({ops}):
+    times[names[kinds[i]]].append(spent[i])
 print(repr(times))
 """
 
@@ -172,7 +183,9 @@ def run(target, info, rounds, quick):
     if small < 65536:
         out["skipped_arena"] = (f"trace and occupancy in a {small}-byte arena: a 64 KiB one "
                                 f"does not fit the board's {heap}-byte heap four times")
-    trace = go(_TRACE, ops=500 if quick else 3000, arena=small)
+    ops = 500 if quick else 3000 if heap > 512 * 1024 else 1000  # its records must fit
+    out["trace_ops"] = ops
+    trace = go(_TRACE, ops=ops, arena=small)
     out["trace_us"] = {op: summary(t) for op, t in trace.items() if t}
     all_ops = [t for ts in trace.values() for t in ts]
     out["trace_us"]["all"] = summary(all_ops)
@@ -222,6 +235,7 @@ def report(r):
         lines.append(f"  L={n}: skipped, {why}")
     if "skipped_arena" in r:
         lines.append(f"  note: {r['skipped_arena']}")
+    lines.append(f"  trace of {r['trace_ops']} operations, per operation:")
     for op, s in r["trace_us"].items():
         lines.append(f"  trace {op:<9} median {s['median']:6.1f} us  max {s['max']:6.0f} us")
     lines.append(f"  occupancy at first failure {r['occupancy']:.3f}; "
