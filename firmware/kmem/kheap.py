@@ -6,7 +6,7 @@
 # the viper functions of tlsf.py.
 import uctypes
 from micropython import const
-from . import tlsf, vm
+from . import tlsf
 from .tlsf import KIND_PLAIN, KIND_STACK, KIND_NAMES, CorruptionError
 from .structs import VM_AREA_STRUCT, MM_STRUCT, VMA_SIZE, MM_SIZE
 
@@ -354,15 +354,39 @@ class Heap:
         self._debug = bool(on)
         tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, tlsf.FLAG_DEBUG if on else 0)
 
-    # ---- address spaces (vm.py) -----------------------------------------------------------
-    mm_create = vm.mm_create
-    mm_destroy = vm.mm_destroy
-    mmap_region = vm.mmap_region
-    munmap = vm.munmap
-    mprotect = vm.mprotect
-    find_vma = vm.find_vma
-    brk = vm.brk
-    access_ok = vm.access_ok
-    vma_list = vm.vma_list
-    mm_dump = vm.mm_dump
+    # ---- address spaces (vm.py, loaded on first use: it is not needed to allocate) ---------
+    def mm_create(self):
+        return _vm().mm_create(self)
+
+    def mm_destroy(self, mm):
+        return _vm().mm_destroy(self, mm)
+
+    def mmap_region(self, mm, start, length, flags):
+        return _vm().mmap_region(self, mm, start, length, flags)
+
+    def munmap(self, mm, start, length):
+        return _vm().munmap(self, mm, start, length)
+
+    def mprotect(self, mm, start, length, flags):
+        return _vm().mprotect(self, mm, start, length, flags)
+
+    def find_vma(self, mm, addr):
+        return _vm().find_vma(self, mm, addr)
+
+    def brk(self, mm, new_end):
+        return _vm().brk(self, mm, new_end)
+
+    def access_ok(self, mm, addr, length, flags):
+        return _vm().access_ok(self, mm, addr, length, flags)
+
+    def vma_list(self, mm):
+        return _vm().vma_list(self, mm)
+
+    def mm_dump(self, mm):
+        return _vm().mm_dump(self, mm)
+
+
+def _vm():
+    from . import vm
+    return vm
 
