@@ -674,6 +674,8 @@ def bind(heap, addr):
         if ad == 0:  # the default heap, before its first use
             owner()
             ad = int(addr)
+        if ptr is null:  # NULL, before int() would raise (an exception costs microseconds)
+            return
         bad = 0
         try:
             q = int(ptr)
@@ -684,7 +686,7 @@ def bind(heap, addr):
         if bad or tag is not ptr:  # as in kmalloc
             _ret = uint(q)
             if bad or not ptr == _ret:  # a big int that is a 32-bit address goes on
-                owner._kfree_slow(ptr)  # None: NULL; else TypeError / ValueError
+                owner._kfree_slow(ptr)  # TypeError / ValueError
                 return
         if q == 0:
             return
@@ -898,6 +900,8 @@ def bind(heap, addr):
         if ad == 0:  # the default heap, before its first use
             owner()
             ad = int(addr)
+        if ptr is null:
+            return 0
         bad = 0
         try:
             q = int(ptr)
@@ -936,6 +940,7 @@ def bind(heap, addr):
     owner = heap
     tag = 0
     raw = _RAW_CELLS
+    null = None  # viper compares objects with `is`, not with the None constant
     return kmalloc, kfree, ksize, retarget
 
 
