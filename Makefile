@@ -84,7 +84,7 @@ deploy: $(STAMP)
 	$(KMEMHOST).deploy $(DEPLOY_ARGS)
 
 # Speed, worst case, occupancy and footprint on a target (tools/kmemhost/bench.py):
-#   make bench [TARGET=unix|vboard|qemu|port:/dev/ttyACM0] [BENCH_ARGS="--rounds 9"]
+#   make bench [TARGET=unix|vboard|qemu|port:/dev/ttyACM0] [BENCH_ARGS="--rounds 9 --reference"]
 # prints a table with PASS/FAIL per target figure and writes bench/results/*.json.
 .PHONY: bench
 bench: $(STAMP)

@@ -40,3 +40,24 @@ def test_fewer_live_blocks_on_a_small_heap_and_it_says_so(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "L=4096: skipped, needs a" in out
     assert r["small_arena"] < 65536 and "a 64 KiB one does not fit" in out
+
+
+def _have_revision(rev):
+    import subprocess
+    from kmemhost import ROOT
+    return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", rev + "^{commit}"],
+                          capture_output=True).returncode == 0
+
+
+def test_the_previous_core_is_measured_the_same_way(tmp_path, monkeypatch, capsys):
+    if not _have_revision(bench.REFERENCE):
+        import pytest
+        pytest.skip(f"this checkout has no git history back to {bench.REFERENCE}")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    bench.main(["--target", "unix", "--quick", "--rounds", "1", "--reference"])
+    r = json.loads(next(tmp_path.glob("unix-*.json")).read_text())
+    ref = r["reference"]
+    assert ref["revision"] == bench.REFERENCE and ref["header_bytes_per_live_block"] == 4
+    assert set(ref["pair_ns"]) == set(r["pair_ns"])
+    out = capsys.readouterr().out
+    assert f"reference: kmem at {bench.REFERENCE}" in out and "gain: pair(L=16)" in out

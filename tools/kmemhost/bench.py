@@ -1,6 +1,7 @@
 """make bench: kmem's speed, worst case, occupancy and footprint, measured on a target.
 
 python -m kmemhost.bench [--target unix|vboard|qemu|port:DEVICE|...] [--rounds 7] [--quick]
+                         [--reference REV]
 
 Every figure comes from MicroPython code run on the target (the same targets as the test
 suite), timed there with time.ticks_us:
@@ -15,24 +16,30 @@ suite), timed there with time.ticks_us:
            failure, and the header bytes of each live block (from walk())
   import   MicroPython heap taken by `import kmem` (gc.mem_alloc before and after)
 It prints a table, PASS/FAIL for each target of the "Fast, safe core" issue that applies
-to the target, and writes bench/results/<target>-<time>.json. Timing is never asserted by
+to the target, and writes bench/results/<target>-<time>.json. --reference REV measures
+kmem as it was at git revision REV (default a039688, the core before the fast hot paths)
+the same way in the same run, on unix targets, so the gain shows. Timing is never asserted by
 the test suite; this is where it is reported. On --target qemu, QEMU runs with -icount
 (virtual time follows the instruction count, so figures do not depend on host load).
 """
 import argparse
 import ast
 import copy
+import io
 import json
 import statistics
+import subprocess
 import sys
+import tarfile
 import time
 
-from . import ROOT, targets
+from . import ROOT, build, targets
 
 RESULTS = ROOT / "bench" / "results"
 LIVE = (16, 256, 4096)
 ARENA_PER_LIVE = 2 * 72  # each live block has a free neighbour; sizes 8..64 + header
 QEMU_ICOUNT = 4          # -icount shift: 16 ns of virtual time per instruction
+REFERENCE = "a039688"    # the core before the fast hot paths (layered Python, small helpers)
 
 # Shared by every snippet: a seeded LCG (same numbers on every target) and a timer.
 _COMMON = """\
@@ -199,6 +206,23 @@ def run(target, info, rounds, quick):
     return out
 
 
+def reference_mpy(rev, arch):
+    """kmem as it was at git revision `rev`, compiled for `arch`: the dir for MICROPYPATH."""
+    out = build.BUILD / "reference" / rev
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "firmware/kmem"],
+                             capture_output=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValueError(f"--reference {rev}: cannot read that revision with git ({e}); "
+                         "it needs a git clone of kmem") from None
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(out / "src", filter="data")
+    errors = build.compile_tree(out / "src" / "firmware" / "kmem", out / "mpy" / "kmem", arch)
+    if errors:
+        raise ValueError(f"--reference {rev} does not compile: {errors[0]}")
+    return out / "mpy"
+
+
 def verdicts(r):
     """[(what, measured, limit, passed)] for the issue's targets that apply to this target."""
     ba = r["bytearray_ns"]["median"]
@@ -252,6 +276,9 @@ def main(argv=None):
     ap.add_argument("--deploy", default=None, help="as for the test suite (boards only)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--quick", action="store_true", help="shorter trace and churn")
+    ap.add_argument("--reference", nargs="?", const=REFERENCE, metavar="REV",
+                    help=f"also measure kmem at git revision REV (default {REFERENCE}; "
+                         "unix targets)")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
@@ -260,6 +287,13 @@ def main(argv=None):
         target = targets.make_target(args.target, deploy=args.deploy, **kw)
         info = target.probe()
         result = run(target, info, args.rounds, args.quick)
+        if args.reference:
+            if target.kind != "unix":
+                raise ValueError("--reference runs on unix targets only")
+            ref = targets.UnixTarget(target.profile, mpy_dir=str(
+                reference_mpy(args.reference, build.host_arch())))
+            result["reference"] = run(ref, info, args.rounds, args.quick)
+            result["reference"]["revision"] = args.reference
     except (targets.TargetError, targets.TargetTimeout, targets.TargetUnavailable,
             ValueError) as e:
         print(f"bench failed: {e}", file=sys.stderr)
@@ -269,6 +303,14 @@ def main(argv=None):
     result["verdicts"] = verdicts(result)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(report(result))
+    if "reference" in result:
+        ref = result["reference"]
+        ref["verdicts"] = verdicts(ref)
+        print(f"reference: kmem at {ref['revision']}, measured the same way in this run")
+        print(report(ref))
+        first = min(result["pair_ns"])
+        print(f"  gain: pair(L={first}) {ref['pair_ns'][first]['median'] / result['pair_ns'][first]['median']:.1f}x "
+              f"faster than at {ref['revision']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['target'].replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
