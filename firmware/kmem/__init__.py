@@ -43,12 +43,10 @@ def heap():
 
 
 # The API on the default heap; see Heap for each function's contract. kmalloc, kfree and
-# ksize are the default heap's viper hot paths themselves (init() retargets them).
-kmalloc, kfree, ksize, _retarget = _bind(heap, 0)
+# ksize (and kzalloc, memset, memcpy) are the default heap's viper hot paths themselves
+# (init() retargets them).
+kmalloc, kfree, ksize, kzalloc, memset, memcpy, _retarget = _bind(heap, 0)
 
-
-def kzalloc(size):
-    return heap().kzalloc(size)
 
 
 def kcalloc(n, size):
@@ -111,12 +109,6 @@ def mm_dump(mm):
     return heap().mm_dump(mm)
 
 
-def memset(ptr, value, n):
-    return heap().memset(ptr, value, n)
-
-
-def memcpy(dst, src, n):
-    return heap().memcpy(dst, src, n)
 
 
 def view(ptr, n=None):

@@ -51,11 +51,14 @@ def check_heap_args(size, base, align):
 class Heap:
     """A TLSF heap over its own bytearray arena. Addresses are base + offset.
 
-    kmalloc(size), kfree(ptr) and ksize(ptr) are the viper hot paths of tlsf.bind(), kept
-    as instance attributes (no method layer between the caller and the body):
-    kmalloc gives the address of a new block of >= size bytes, or None when none fits;
-    kfree frees a kmalloc block (NULL is a no-op; anything else raises ValueError);
-    ksize gives the usable bytes of a block (>= what was asked for; 0 for NULL)."""
+    kmalloc, kfree, ksize, kzalloc, memset and memcpy are the viper hot paths of
+    tlsf.bind(), kept as instance attributes (no method layer between the caller and the
+    body): kmalloc(size) gives the address of a new block of >= size bytes, or None when
+    none fits; kfree(ptr) frees a kmalloc block (NULL is a no-op; anything else raises
+    ValueError); ksize(ptr) gives the usable bytes of a block (>= what was asked for; 0
+    for NULL); kzalloc(size) is kmalloc with the block zeroed; memset(ptr, value, n) fills
+    n bytes with value (0..255) and memcpy(dst, src, n) copies n bytes (overlap-safe, like
+    memmove), each range inside one live block."""
 
     def __init__(self, size=32768, base=None, align=4):
         granule = check_heap_args(size, base, align)
@@ -67,7 +70,8 @@ class Heap:
                 base = _UNIX_BASE
         tlsf.format(arena, 4 if granule == 16 else 3, base)
         self._addr = uctypes.addressof(arena)  # raw buffer address, for the hot paths
-        self.kmalloc, self.kfree, self.ksize, _ = tlsf.bind(self, self._addr)
+        (self.kmalloc, self.kfree, self.ksize, self.kzalloc, self.memset, self.memcpy,
+         _) = tlsf.bind(self, self._addr)
         self.arena = arena
         self.base = base
         self.size = size
@@ -210,11 +214,6 @@ class Heap:
             raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
         return n
 
-    def kzalloc(self, size):
-        """kmalloc, with the block zeroed."""
-        _need_size(size)
-        return self._zalloc(size, KIND_PLAIN) if size else None
-
     def kcalloc(self, n, size):
         """A zeroed array of n elements of size bytes, or None.
 
@@ -279,16 +278,16 @@ class Heap:
 
     # ---- bounded memory access ------------------------------------------------------
 
-    def memset(self, ptr, value, n):
-        """Fill n bytes at ptr with value (0..255), inside one live block."""
+    def _memset_checked(self, ptr, value, n):
+        # memset's slow path (tlsf.bind): every check with its message, then the fill.
         _need_int(value, "value")
         if not 0 <= value <= 255:
             raise ValueError("memset: value must be 0..255, got %d" % value)
         tlsf.fill(self.arena, self._span(ptr, n, "memset"), value, n)
         return ptr
 
-    def memcpy(self, dst, src, n):
-        """Copy n bytes (overlap-safe, like memmove); both ranges in live blocks."""
+    def _memcpy_checked(self, dst, src, n):
+        # memcpy's slow path (tlsf.bind).
         s = self._span(src, n, "memcpy")
         d = self._span(dst, n, "memcpy")
         tlsf.move(self.arena, d, s, n)

@@ -304,29 +304,52 @@ def live_block(arena, p: int) -> int:
 
 
 @micropython.viper
-def block_containing(arena, p: int) -> int:
-    # Payload offset of the live block that contains byte p, else -1.
-    a = ptr32(arena)
-    if p < a[_W_FIRST] + HEADER or p >= a[_W_END]:
-        return -1
+def containing_at(addr: int, p: int) -> int:
+    # Payload offset of the live block that contains byte p of the arena at addr, else -1.
+    # Out of line: memset and memcpy call it (their byte loop outweighs the call).
+    a = ptr32(addr)
     gs = a[_W_GSHIFT]
-    lm = a[_W_LIVEMAP]
-    bit = p >> gs
-    w = lm + (bit >> 5)
-    word = a[w] & ((2 << (bit & 31)) - 1)  # bits at or below p
-    while word == 0:
-        w -= 1
-        if w < lm:
-            return -1
-        word = a[w]
-    if word < 0:  # bit 31 set on a 32-bit machine (sign of a machine word)
-        top = 31
-    else:
-        top = int(_fls(word))
-    start = (((w - lm) << 5) + top) << gs
-    if p >= start - HEADER + (a[(start >> 2) - 1] & _SIZE_MASK):
-        return -1
+    #@use containing(start, p)
+    start = -1
+    if p >= a[_W_FIRST] + HEADER and p < a[_W_END]:
+        ct_lm = a[_W_LIVEMAP]
+        ct_bit = p >> gs
+        ct_w = ct_lm + (ct_bit >> 5)
+        ct_word = a[ct_w] & ((2 << (ct_bit & 31)) - 1)
+        while ct_word == 0 and ct_w > ct_lm:
+            ct_w -= 1
+            ct_word = a[ct_w]
+        if ct_word:
+            if ct_word < 0:
+                ct_top = 31
+            else:
+                fl_x = ct_word
+                ct_top = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    ct_top += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    ct_top += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    ct_top += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    ct_top += 2
+                if fl_x >= 0x2:
+                    ct_top += 1
+            start = (((ct_w - ct_lm) << 5) + ct_top) << gs
+            if p >= start - HEADER + (a[(start >> 2) - 1] & _SIZE_MASK):
+                start = -1
+    #@end
     return start
+
+
+@micropython.viper
+def block_containing(arena, p: int) -> int:
+    # As containing_at, for the arena object.
+    return int(containing_at(int(ptr32(arena)), p))
 
 
 # ---- the allocator -------------------------------------------------------------
@@ -380,7 +403,9 @@ def _note_used(arena, delta: int):
 # layer sits between the caller and the body. The block helpers are inlined from
 # firmware/blocks/tlsf.blocks. Results are boxed through the module global _ret (viper
 # cannot box an int for an `object` return, and storing an existing global allocates
-# nothing), so every path, NULL and out of memory included, runs under heap_lock.
+# nothing), so every path, NULL and out of memory included, runs under heap_lock. A
+# closure call passes its cells with its arguments, and allocates when they are more than
+# five: each body keeps to that.
 
 _ret = 0
 
@@ -406,7 +431,8 @@ _RAW_CELLS = _cells_hold_raw_words()
 
 
 def bind(heap, addr):
-    """(kmalloc, kfree, ksize, retarget) over the arena at raw address addr, owned by heap.
+    """(kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget) over the arena at raw
+    address addr, owned by heap.
     retarget(heap, addr) points them at another arena (addr 0: none yet; the first call
     then asks heap() for one)."""
 
@@ -933,6 +959,110 @@ def bind(heap, addr):
         #@end
         return size - HEADER
 
+    @micropython.viper
+    def kzalloc(nbytes) -> object:
+        p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
+        if p is null:
+            return p
+        a = ptr32(int(addr))
+        off = int(p) - a[_W_BASE]
+        w = off >> 2
+        end = (off + int(nbytes) + 3) >> 2  # kmalloc has checked nbytes; the block is
+        while w < end:                      # granule-aligned, so whole words stay in it
+            a[w] = 0
+            w += 1
+        return p
+
+    @micropython.viper
+    def memset(ptr, value, nbytes) -> object:
+        global _ret  # not the tag cell: over 5 cells and arguments, a closure call allocates
+        ad = int(addr)
+        if ad == 0:
+            owner()
+            ad = int(addr)
+        bad = 0
+        try:
+            q = int(ptr)
+            v = int(value)
+            n = int(nbytes)
+        except Exception:
+            bad = 1
+            q = v = n = 0
+        if not bad:  # each a small int it was (as in kmalloc)
+            _ret = q
+            if _ret is not ptr:
+                bad = 1
+            _ret = v
+            if _ret is not value:
+                bad = 1
+            _ret = n
+            if _ret is not nbytes:
+                bad = 1
+        if bad or (v & -256) or n < 0:
+            return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
+        a = ptr32(ad)
+        gs = a[_W_GSHIFT]
+        p = q - a[_W_BASE]
+        start = int(containing_at(ad, p))
+        if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+            return owner._memset_checked(ptr, value, nbytes)
+        b = ptr8(ad)
+        end = p + n
+        while p < end:
+            b[p] = v
+            p += 1
+        return ptr
+
+    @micropython.viper
+    def memcpy(dst, src, nbytes) -> object:
+        global _ret  # not the tag cell: over 5 cells and arguments, a closure call allocates
+        ad = int(addr)
+        if ad == 0:
+            owner()
+            ad = int(addr)
+        bad = 0
+        try:
+            qd = int(dst)
+            qs = int(src)
+            n = int(nbytes)
+        except Exception:
+            bad = 1
+            qd = qs = n = 0
+        if not bad:
+            _ret = qd
+            if _ret is not dst:
+                bad = 1
+            _ret = qs
+            if _ret is not src:
+                bad = 1
+            _ret = n
+            if _ret is not nbytes:
+                bad = 1
+        if bad or n < 0:
+            return owner._memcpy_checked(dst, src, nbytes)
+        a = ptr32(ad)
+        gs = a[_W_GSHIFT]
+        s = qs - a[_W_BASE]
+        start = int(containing_at(ad, s))
+        if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+            return owner._memcpy_checked(dst, src, nbytes)
+        d = qd - a[_W_BASE]
+        start = int(containing_at(ad, d))
+        if start < 0 or d + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+            return owner._memcpy_checked(dst, src, nbytes)
+        b = ptr8(ad)
+        if d <= s:  # memmove: backwards when the destination overlaps the source's tail
+            i = 0
+            while i < n:
+                b[d + i] = b[s + i]
+                i += 1
+        else:
+            i = n
+            while i > 0:
+                i -= 1
+                b[d + i] = b[s + i]
+        return dst
+
     def retarget(new_owner, new_addr):
         nonlocal owner, addr
         owner, addr = new_owner, new_addr
@@ -941,7 +1071,7 @@ def bind(heap, addr):
     tag = 0
     raw = _RAW_CELLS
     null = None  # viper compares objects with `is`, not with the None constant
-    return kmalloc, kfree, ksize, retarget
+    return kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget
 
 
 @micropython.viper
