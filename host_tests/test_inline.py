@@ -39,3 +39,14 @@ def test_unknown_blocks_and_wrong_arity_are_errors():
         inline.rewrite("#@use nope(a)\n#@end\n", defs)
     with pytest.raises(inline.InlineError, match="twice takes 2 arguments, got 1"):
         inline.rewrite("#@use twice(a)\n#@end\n", defs)
+
+
+def test_arguments_are_substituted_once_and_parenthesized():
+    defs = inline.definitions("#@def add(X, Y)\nX = Y * 2\n#@end\n")
+    assert inline.expand(defs, "add", ["Y", "b - c"], "") == ["Y = (b - c) * 2"]
+
+
+def test_an_unreadable_directive_is_an_error_not_a_comment():
+    defs = inline.definitions(BLOCKS)
+    with pytest.raises(inline.InlineError, match="unreadable directive"):
+        inline.rewrite("    #@use twice(a, b)  # note\n    #@end\n", defs)

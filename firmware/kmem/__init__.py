@@ -32,9 +32,10 @@ def init(size=32768, base=None, align=4):
     # point at it meanwhile (with no arena, their next call asks heap() for one).
     _retarget(heap, 0)
     _heap = None
-    _heap = Heap(size, base, align)
-    _retarget(_heap, _heap._addr)
-    return _heap
+    h = Heap(size, base, align)
+    _retarget(h, h._addr)  # before heap() can hand it out
+    _heap = h
+    return h
 
 
 def heap():

@@ -160,10 +160,14 @@ class Heap:
         found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
         if found != kind:
             raise self._bad_pointer(ptr, fn, -2 if found >= 0 else -1, kind)
+        hdr = tlsf.load32(self.arena, off - 4)
         if kind:
-            hdr = tlsf.load32(self.arena, off - 4)
             tlsf.store32(self.arena, off - 4, hdr & ~(3 << tlsf.KIND_SHIFT))
-        self._quietly(self.kfree, ptr)
+        try:
+            self._quietly(self.kfree, ptr)
+        except CorruptionError:
+            tlsf.store32(self.arena, off - 4, hdr)  # the block keeps its kind
+            raise
 
     def _zalloc(self, size, kind):
         ptr = self._alloc(size, kind)
@@ -182,7 +186,8 @@ class Heap:
         return self._oom()
 
     def _oom(self):
-        if self._debug:
+        # The arena's flag, not self._debug: _quietly silences it when the caller prints.
+        if tlsf.load32(self.arena, tlsf.W_FLAGS_OFFSET) & tlsf.FLAG_DEBUG:
             print("Memory allocation failed")
         return None
 

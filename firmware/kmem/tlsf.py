@@ -272,10 +272,10 @@ def _first_fit_at(addr: int, size: int) -> int:
     b = a[a[_W_HEADS] + li]
     left = a[_W_NFREE]
     while b:
-        #@use check_link(b, 0)
+        #@use check_link(b, b)
         if b:
             if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + 0, _BAD_LINK)
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
         #@end
         if left <= 0:
             _corrupt(a[_W_BASE] + b, _BAD_LINK)
@@ -340,7 +340,13 @@ def containing_at(addr: int, p: int) -> int:
                 if fl_x >= 0x2:
                     ct_top += 1
             start = (((ct_w - ct_lm) << 5) + ct_top) << gs
-            if p >= start - HEADER + (a[(start >> 2) - 1] & _SIZE_MASK):
+            ls_h = a[(start - HEADER) >> 2]
+            ct_size = ls_h & _SIZE_MASK
+            if ls_h & 5 or (ls_h >> 30) & 3 or ct_size < 16 or ct_size & ((1 << gs) - 1):
+                _corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
+            if (start - HEADER) + ct_size > a[_W_END]:
+                _corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
+            if p >= start - HEADER + ct_size:
                 start = -1
     #@end
     return start
@@ -366,15 +372,37 @@ def _block_size_for(arena, n: int) -> int:
 
 @micropython.viper
 def _release(arena, b: int, size: int):
-    # Turn [b, b+size) into a free block, merging with free neighbours.
+    # Turn [b, b+size) into a free block, merging with free neighbours (each checked
+    # before it is trusted, as in kfree).
     a = ptr32(arena)
+    gs = a[_W_GSHIFT]
     nb = b + size
     nh = a[nb >> 2]
     if nh & _FREE:
-        _remove_free(arena, nb, nh & _SIZE_MASK)
-        size += nh & _SIZE_MASK
+        #@use free_size(nsize, nb)
+        fs_h = a[nb >> 2]
+        nsize = fs_h & _SIZE_MASK
+        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+        if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
+            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+        #@end
+        _remove_free(arena, nb, nsize)
+        size += nsize
     if a[b >> 2] & _PREV_FREE:
         psize = a[(b >> 2) - 1]
+        if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
+            _corrupt(a[_W_BASE] + b, _BAD_TAG)
+        #@use free_size(pchk, b - psize)
+        fs_h = a[(b - psize) >> 2]
+        pchk = fs_h & _SIZE_MASK
+        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+        if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
+            _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+        #@end
+        if pchk != psize:
+            _corrupt(a[_W_BASE] + b, _BAD_TAG)
         b -= psize
         _remove_free(arena, b, psize)
         size += psize
@@ -455,8 +483,15 @@ def bind(heap, addr):
         except Exception:
             bad = 1
             n = 0
-        tag = (n << 1) | 1
-        if bad or (n >> 28) or tag is not nbytes:  # negative or beyond any arena, too
+        if raw:
+            tag = (n << 1) | 1
+            if tag is not nbytes:
+                bad = 1
+        else:
+            _ret = n
+            if _ret is not nbytes:
+                bad = 1
+        if bad or (n >> 28):  # negative or beyond any arena, too
             return owner._kmalloc_slow(nbytes)
         if n == 0:
             return None
@@ -517,7 +552,7 @@ def bind(heap, addr):
                 flmap = a[_W_FLMAP] & (-1 << (fl + 1))
                 if flmap:
                     #@use fls(fl, flmap & -flmap)
-                    fl_x = flmap & -flmap
+                    fl_x = (flmap & -flmap)
                     fl = 0
                     if fl_x >= 0x10000:
                         fl_x >>= 16
@@ -537,7 +572,7 @@ def bind(heap, addr):
                     slmap = a[_W_SLMAP + fl]
             if slmap:
                 #@use fls(sl, slmap & -slmap)
-                fl_x = slmap & -slmap
+                fl_x = (slmap & -slmap)
                 sl = 0
                 if fl_x >= 0x10000:
                     fl_x >>= 16
@@ -560,10 +595,10 @@ def bind(heap, addr):
             if b == 0:
                 a[_W_FAILS] = a[_W_FAILS] + 1
                 return owner._oom()
-        #@use check_link(b, 0)
+        #@use check_link(b, b)
         if b:
             if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + 0, _BAD_LINK)
+                _corrupt(a[_W_BASE] + b, _BAD_LINK)
         #@end
         #@use free_size(size, b)
         fs_h = a[b >> 2]
@@ -714,6 +749,9 @@ def bind(heap, addr):
             if bad or not ptr == _ret:  # a big int that is a 32-bit address goes on
                 owner._kfree_slow(ptr)  # TypeError / ValueError
                 return
+        elif q < 0:  # a negative small int is no address (with a base >= 2**31 on a
+            owner._kfree_slow(ptr)  # 32-bit board, q - base would alias a block)
+            return
         if q == 0:
             return
         a = ptr32(ad)
@@ -759,13 +797,15 @@ def bind(heap, addr):
             if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
                 _corrupt(a[_W_BASE] + b, _BAD_TAG)
             #@use free_size(pchk, b - psize)
-            fs_h = a[b - psize >> 2]
+            fs_h = a[(b - psize) >> 2]
             pchk = fs_h & _SIZE_MASK
             if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b - psize, _BAD_FREE)
-            if b - psize + pchk > a[_W_END] or a[((b - psize + pchk) >> 2) - 1] != pchk:
-                _corrupt(a[_W_BASE] + b - psize, _BAD_FREE)
+                _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+            if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
+                _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
             #@end
+            if pchk != psize:
+                _corrupt(a[_W_BASE] + b, _BAD_TAG)
         a[w] = a[w] & ~(1 << (bit & 31))
         a[_W_USED] = a[_W_USED] - (size - HEADER)
         a[_W_LIVE] = a[_W_LIVE] - 1
@@ -939,6 +979,8 @@ def bind(heap, addr):
             _ret = uint(q)
             if bad or not ptr == _ret:
                 return int(owner._ksize_slow(ptr))
+        elif q < 0:
+            return int(owner._ksize_slow(ptr))
         if q == 0:
             return 0
         a = ptr32(ad)
@@ -950,12 +992,12 @@ def bind(heap, addr):
         if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
             return int(owner._ksize_slow(ptr))
         #@use live_size(size, p - HEADER)
-        ls_h = a[p - HEADER >> 2]
+        ls_h = a[(p - HEADER) >> 2]
         size = ls_h & _SIZE_MASK
         if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + p - HEADER, _BAD_HEADER)
-        if p - HEADER + size > a[_W_END]:
-            _corrupt(a[_W_BASE] + p - HEADER, _BAD_HEADER)
+            _corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
+        if (p - HEADER) + size > a[_W_END]:
+            _corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
         #@end
         return size - HEADER
 
@@ -998,7 +1040,7 @@ def bind(heap, addr):
             _ret = n
             if _ret is not nbytes:
                 bad = 1
-        if bad or (v & -256) or n < 0:
+        if bad or (v & -256) or n < 0 or q < 0:
             return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
         a = ptr32(ad)
         gs = a[_W_GSHIFT]
@@ -1038,7 +1080,7 @@ def bind(heap, addr):
             _ret = n
             if _ret is not nbytes:
                 bad = 1
-        if bad or n < 0:
+        if bad or n < 0 or qd < 0 or qs < 0:
             return owner._memcpy_checked(dst, src, nbytes)
         a = ptr32(ad)
         gs = a[_W_GSHIFT]
@@ -1092,17 +1134,34 @@ def realloc(arena, p: int, n: int) -> int:
     # Resize a kmalloc block in place: p when done, 0 when it must move,
     # -1 / -2 as free(). Never changes anything when it returns <= 0.
     a = ptr32(arena)
+    gs = a[_W_GSHIFT]
     b = int(_owned_block(arena, p, KIND_PLAIN))
     if b < 0:
         return b
     hdr = a[b >> 2]
-    size = hdr & _SIZE_MASK
+    #@use live_size(size, b)
+    ls_h = a[b >> 2]
+    size = ls_h & _SIZE_MASK
+    if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+    if b + size > a[_W_END]:
+        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+    #@end
     need = int(_block_size_for(arena, n))
     if need > size:
         nb = b + size
         nh = a[nb >> 2]
-        nsize = nh & _SIZE_MASK
-        if (nh & _FREE) == 0 or size + nsize < need:
+        if (nh & _FREE) == 0:
+            return 0
+        #@use free_size(nsize, nb)
+        fs_h = a[nb >> 2]
+        nsize = fs_h & _SIZE_MASK
+        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+        if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
+            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+        #@end
+        if size + nsize < need:
             return 0
         _remove_free(arena, nb, nsize)
         nnb = nb + nsize
@@ -1122,12 +1181,21 @@ def realloc(arena, p: int, n: int) -> int:
 
 @micropython.viper
 def usable(arena, p: int) -> int:
-    # Usable bytes of the live block at payload p, or -1.
+    # Usable bytes of the live block at payload p, or -1; a damaged header raises.
     a = ptr32(arena)
+    gs = a[_W_GSHIFT]
     b = int(live_block(arena, p))
     if b < 0:
         return -1
-    return (a[b >> 2] & _SIZE_MASK) - HEADER
+    #@use live_size(size, b)
+    ls_h = a[b >> 2]
+    size = ls_h & _SIZE_MASK
+    if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+    if b + size > a[_W_END]:
+        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+    #@end
+    return size - HEADER
 
 
 @micropython.viper

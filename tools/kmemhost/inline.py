@@ -43,6 +43,7 @@ def definitions(text):
     """{name: (params, body lines)} from a .blocks file."""
     defs, name = {}, None
     for n, line in enumerate(text.splitlines(), 1):
+        _strict(line, f"{BLOCKS.name}:{n}")
         m = _DEF.match(line)
         if m:
             name = m.group(1)
@@ -64,10 +65,14 @@ def expand(defs, name, args, indent, depth=0):
         raise InlineError(f"{name} takes {len(params)} arguments, got {len(args)}")
     if depth > 8:
         raise InlineError(f"blocks nest too deep at {name}")
+    # All parameters in one pass (an argument is never rewritten again), each argument that
+    # is not a plain name in parentheses (so `b - psize` stays one operand).
+    values = {p: a if re.fullmatch(r"\w+", a) else f"({a})" for p, a in zip(params, args)}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, params)) + r")\b") if params else None
     out = []
     for line in body:
-        for p, a in zip(params, args):
-            line = re.sub(rf"\b{p}\b", a, line)
+        if pattern:
+            line = pattern.sub(lambda m: values[m.group(1)], line)
         m = _USE.match(line)
         if m:
             out += expand(defs, m.group(2), _args(m.group(3)), indent + m.group(1), depth + 1)
@@ -76,10 +81,20 @@ def expand(defs, name, args, indent, depth=0):
     return out
 
 
+def _strict(line, where):
+    # A directive this tool cannot read must not pass for a comment (its expansion would
+    # silently go stale).
+    head = line.lstrip()
+    if ((head.startswith("#@use") and not _USE.match(line))
+            or (head.startswith("#@def") and not _DEF.match(line))):
+        raise InlineError(f"{where}: unreadable directive: {line.strip()!r}")
+
+
 def rewrite(text, defs):
     """`text` with every #@use ... #@end region expanded afresh."""
     lines, out, i = text.splitlines(), [], 0
     while i < len(lines):
+        _strict(lines[i], f"line {i + 1}")
         m = _USE.match(lines[i])
         out.append(lines[i])
         i += 1
