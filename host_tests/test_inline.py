@@ -50,3 +50,9 @@ def test_an_unreadable_directive_is_an_error_not_a_comment():
     defs = inline.definitions(BLOCKS)
     with pytest.raises(inline.InlineError, match="unreadable directive"):
         inline.rewrite("    #@use twice(a, b)  # note\n    #@end\n", defs)
+
+
+def test_nested_uses_take_parenthesized_arguments():
+    defs = inline.definitions(BLOCKS)
+    assert inline.expand(defs, "quad", ["a + 1", "r"], "") == [
+        "tw_t = (a + 1) + (a + 1)", "r = tw_t + tw_t"]

@@ -27,7 +27,7 @@ from . import ROOT
 BLOCKS = ROOT / "firmware" / "blocks" / "tlsf.blocks"
 SOURCES = ROOT / "firmware" / "kmem"
 _DEF = re.compile(r"^#@def (\w+)\(([^)]*)\)\s*$")
-_USE = re.compile(r"^(\s*)#@use (\w+)\(([^)]*)\)\s*$")
+_USE = re.compile(r"^(\s*)#@use (\w+)\((.*)\)\s*$")
 _END = re.compile(r"^\s*#@end\s*$")
 
 
@@ -36,7 +36,20 @@ class InlineError(Exception):
 
 
 def _args(text):
-    return [a.strip() for a in text.split(",") if a.strip()]
+    """Split "a, (b - c), f(x, y)" at the commas outside parentheses."""
+    args, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+            continue
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            raise InlineError(f"unbalanced parentheses in {text!r}")
+        cur += ch
+    if depth:
+        raise InlineError(f"unbalanced parentheses in {text!r}")
+    return [a for a in args + [cur.strip()] if a]
 
 
 def definitions(text):
@@ -57,6 +70,20 @@ def definitions(text):
     return defs
 
 
+def _atom(arg):
+    """A name, a number, or one parenthesized whole: needs no parentheses of its own."""
+    if re.fullmatch(r"\w+", arg):
+        return True
+    if not arg.startswith("("):
+        return False
+    depth = 0
+    for i, ch in enumerate(arg):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return i == len(arg) - 1
+    return False
+
+
 def expand(defs, name, args, indent, depth=0):
     if name not in defs:
         raise InlineError(f"unknown block {name!r}")
@@ -67,12 +94,13 @@ def expand(defs, name, args, indent, depth=0):
         raise InlineError(f"blocks nest too deep at {name}")
     # All parameters in one pass (an argument is never rewritten again), each argument that
     # is not a plain name in parentheses (so `b - psize` stays one operand).
-    values = {p: a if re.fullmatch(r"\w+", a) else f"({a})" for p, a in zip(params, args)}
+    values = {p: a if _atom(a) else f"({a})" for p, a in zip(params, args)}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, params)) + r")\b") if params else None
     out = []
     for line in body:
         if pattern:
             line = pattern.sub(lambda m: values[m.group(1)], line)
+        _strict(line, f"block {name}")
         m = _USE.match(line)
         if m:
             out += expand(defs, m.group(2), _args(m.group(3)), indent + m.group(1), depth + 1)
