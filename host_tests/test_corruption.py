@@ -80,3 +80,42 @@ poke32(q, -4, 0)                   # q's header: size 0
 kfree(q)
 """)
     assert err is not None and err.endswith("header overwritten")
+
+
+LOOPED_VMAS = POKE + """
+m = mm_create()
+mmap_region(m, 0x1000, 0x1000, VM_READ)
+mmap_region(m, 0x3000, 0x1000, VM_READ | VM_WRITE)   # a hole between: two areas
+first = mm(m).mmap
+second = vma(first).next
+results = []
+def attempt(name, f):
+    try:
+        f()
+        results.append((name, 'no error'))
+    except CorruptionError as e:
+        results.append((name, str(e)))
+"""
+
+
+def test_a_looped_vma_list_is_reported_not_walked_forever(target):
+    results = target.eval("results", setup=LOOPED_VMAS + """
+vma(second).next = first                             # the list now loops
+attempt('find_vma', lambda: find_vma(m, 0x10000))
+attempt('mm_dump', lambda: mm_dump(m))
+attempt('mmap_region', lambda: mmap_region(m, 0x8000, 0x1000, VM_READ))
+attempt('mm_destroy', lambda: mm_destroy(m))
+""", timeout=60)
+    assert [name for name, _ in results] == ["find_vma", "mm_dump", "mmap_region", "mm_destroy"]
+    for name, err in results:
+        assert err.endswith("loops or is longer than the heap has blocks"), (name, err)
+
+
+def test_a_vma_link_out_of_the_arena_is_not_followed(target):
+    results = target.eval("results", setup=LOOPED_VMAS + """
+vma(second).next = 0x7FFFFFF0                        # far outside the arena
+attempt('find_vma', lambda: find_vma(m, 0x10000))
+attempt('mm_destroy', lambda: mm_destroy(m))
+""")
+    for name, err in results:
+        assert "not a live vm_area_struct" in err, (name, err)

@@ -77,6 +77,7 @@ class Heap:
         self.size = size
         self.align = align
         self._debug = False
+        self._vm_steps = 0  # vm.py's budget of list steps for the current call
 
     def __repr__(self):
         return "<Heap %d bytes at 0x%08x>" % (self.size, self.base)
@@ -322,6 +323,11 @@ class Heap:
         """A uctypes view of the MM_STRUCT at ptr."""
         self._span(ptr, MM_SIZE, "mm")
         return uctypes.struct(self.addressof(ptr), MM_STRUCT, uctypes.LITTLE_ENDIAN)
+
+    def _kind_at(self, ptr):
+        # Kind of the live block starting at ptr, or -1 (for vm.py's list checks).
+        off = ptr - self.base
+        return tlsf.kind_of(self.arena, off) if 0 <= off < self.size else -1
 
     # Word access for vm.py: the caller owns the block (no checks).
     def _ld(self, ptr):

@@ -13,7 +13,7 @@
 
 import errno
 from micropython import const
-from .tlsf import KIND_MM, KIND_VMA
+from .tlsf import KIND_MM, KIND_VMA, CorruptionError, counters
 from .structs import (VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP,
                       VM_FLAGS_MASK, PAGE_SIZE)
 
@@ -41,10 +41,29 @@ def _int(v, name, fn):
 
 
 def _mm(h, mm, fn):
-    # None goes to _expect too, which rejects it with ValueError.
+    # None goes to _expect too, which rejects it with ValueError. Every vm call starts
+    # here, so this also sets the call's budget of list steps (see _link).
     if mm is not None:
         _int(mm, "mm", fn)
-    return h._expect(mm, KIND_MM, fn)
+    mm = h._expect(mm, KIND_MM, fn)
+    h._vm_steps = 8 * (counters(h.arena)[2] + 1)  # a few walks of a list of live blocks
+    return mm
+
+
+def _link(h, field):
+    # The area a list link at `field` points to, checked before it is followed: 0, or a
+    # live vm_area_struct; and the walks of one call take at most _vm_steps steps, so a
+    # list that loops (damaged memory) raises instead of spinning.
+    v = h._ld(field)
+    if v:
+        h._vm_steps -= 1
+        if h._vm_steps < 0:
+            raise CorruptionError("vma list at 0x%08x loops or is longer than the heap "
+                                  "has blocks" % field)
+        if h._kind_at(v) != KIND_VMA:
+            raise CorruptionError("vma list link at 0x%08x points to 0x%08x, not a live "
+                                  "vm_area_struct" % (field, v & 0xFFFFFFFF))
+    return v
 
 
 def _flags(flags, fn):
@@ -85,10 +104,10 @@ def _end(h, v):
 
 def _areas(h, mm):
     # Walk the list: yields (vma, start, end, flags) in address order.
-    v = h._ld(mm + _MMAP)
+    v = _link(h, mm + _MMAP)
     while v:
         yield v, h._ld(v + _START), _end(h, v), h._ld(v + _FLAGS)
-        v = h._ld(v + _NEXT)
+        v = _link(h, v + _NEXT)
 
 
 def _span(h, mm, s, e):
@@ -101,10 +120,10 @@ def _span(h, mm, s, e):
     #   gap         : True if some byte of [s, e) is unmapped.
     lslot = left = 0
     pslot = mm + _MMAP
-    v = h._ld(pslot)
+    v = _link(h, pslot)
     while v and _end(h, v) <= s:
         lslot, left, pslot = pslot, v, v + _NEXT
-        v = h._ld(pslot)
+        v = _link(h, pslot)
     first = v
     last = 0
     covered = s  # everything below `covered` is known mapped
@@ -114,7 +133,7 @@ def _span(h, mm, s, e):
             gap = True
         covered = _end(h, v)
         last = v
-        v = h._ld(v + _NEXT)
+        v = _link(h, v + _NEXT)
     if covered < e:
         gap = True
     return lslot, left, pslot, (first if last else 0), last, v, gap
@@ -163,7 +182,7 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
             p[1] = _end(h, stop)
             if not p[3]:
                 p[3] = stop
-            stop = h._ld(stop + _NEXT)  # old stop joins the window
+            stop = _link(h, stop + _NEXT)  # old stop joins the window
     # Hand window structs nobody asked for to pieces that still need one.
     v = first
     while v != stop:
@@ -172,7 +191,7 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
                 if not p[3]:
                     p[3] = v
                     break
-        v = h._ld(v + _NEXT)
+        v = _link(h, v + _NEXT)
     # Allocate what is still missing; undo and fail if the arena is full.
     new = []
     for p in pieces:
@@ -187,7 +206,7 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
     # Point of no return: free unused window structs, then write and relink.
     v = first
     while v != stop:
-        nxt = h._ld(v + _NEXT)
+        nxt = _link(h, v + _NEXT)
         if not _claimed(pieces, v):
             h._free(v, KIND_VMA, fn)
         v = nxt
@@ -239,9 +258,9 @@ def mm_destroy(h, mm):
     # Validate the whole list first so a bad list frees nothing.
     for v, s, e, f in _areas(h, mm):
         h._expect(v, KIND_VMA, "mm_destroy")
-    v = h._ld(mm + _MMAP)
+    v = _link(h, mm + _MMAP)
     while v:
-        nxt = h._ld(v + _NEXT)
+        nxt = _link(h, v + _NEXT)
         h._free(v, KIND_VMA, "mm_destroy")
         v = nxt
     h._free(mm, KIND_MM, "mm_destroy")
