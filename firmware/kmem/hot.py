@@ -430,28 +430,8 @@ def bind(heap, addr):
             r = b + need
             a[r >> 2] = rest | _FREE
             a[((r + rest) >> 2) - 1] = rest
-            #@use link(r, rest)
-            if rest < (16 << gs):
-                ln_li = rest >> gs
-            else:
-                fl_x = rest
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ln_li = ((co_t - gs - 3) << 4) | ((rest >> (co_t - 4)) & 15)
-            ln_head = a[_W_HEADS] + ln_li
+            #@use link_in(r, hc_li)
+            ln_head = a[_W_HEADS] + hc_li
             ln_nxt = a[ln_head]
             if ln_nxt:
                 if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
@@ -461,8 +441,8 @@ def bind(heap, addr):
             if ln_nxt:
                 a[(ln_nxt >> 2) + 2] = r
             a[ln_head] = r
-            ln_fl = ln_li >> 4
-            a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
+            ln_fl = hc_li >> 4
+            a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
             a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
             a[_W_NFREE] = a[_W_NFREE] + 1
             #@end
@@ -540,6 +520,7 @@ def bind(heap, addr):
         #@end
         if (a[b >> 2] >> _KIND_SHIFT) & 3:
             owner._bad_free(ptr, -2)
+        freed = size - HEADER  # its usable bytes, before the merges change size
         # Both neighbours are checked before anything changes.
         nb = b + size
         nh = a[nb >> 2]
@@ -570,47 +551,10 @@ def bind(heap, addr):
             #@end
             if pchk != psize:
                 _corrupt(a[_W_BASE] + b, _BAD_TAG)
-        # Every link this free will follow, checked before the first write (the unlinks
-        # below check again: the first may change what the second reads).
-        if nsize:
-            #@use unlink_check(nb, nsize, ck_nxt, ck_prv, ck_li, ck_head)
-            ck_nxt = a[(nb >> 2) + 1]
-            ck_prv = a[(nb >> 2) + 2]
-            if ck_nxt:
-                if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if ck_prv:
-                if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if ck_nxt and a[(ck_nxt >> 2) + 2] != nb:
-                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if nsize < (16 << gs):
-                ck_li = nsize >> gs
-            else:
-                fl_x = nsize
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ck_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
-            ck_head = a[_W_HEADS] + ck_li
-            if ck_prv:
-                if a[(ck_prv >> 2) + 1] != nb:
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            elif a[ck_head] != nb:
-                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            #@end
+        # Every link this free follows is checked before the first write: unlinking the next
+        # block checks its own links first, and runs first; the previous block's links and
+        # the list the merged block joins are checked here (the second unlink checks
+        # again: the first may have changed what it reads).
         if psize:
             #@use unlink_check(b - psize, psize, ck_nxt, ck_prv, ck_li, ck_head)
             ck_nxt = a[((b - psize) >> 2) + 1]
@@ -676,10 +620,6 @@ def bind(heap, addr):
             if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
                 _corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
         #@end
-        a[w] = a[w] & ~(1 << (bit & 31))
-        a[_W_USED] = a[_W_USED] - (size - HEADER)
-        a[_W_LIVE] = a[_W_LIVE] - 1
-        a[_W_FREES] = a[_W_FREES] + 1
         if nsize:
             #@use unlink(nb, nsize)
             ul_nxt = a[(nb >> 2) + 1]
@@ -787,32 +727,16 @@ def bind(heap, addr):
             a[_W_NFREE] = a[_W_NFREE] - 1
             #@end
             size += psize
+        a[w] = a[w] & ~(1 << (bit & 31))
+        a[_W_USED] = a[_W_USED] - freed
+        a[_W_LIVE] = a[_W_LIVE] - 1
+        a[_W_FREES] = a[_W_FREES] + 1
         a[b >> 2] = size | _FREE
         a[((b + size) >> 2) - 1] = size
         nb = b + size
         a[nb >> 2] = a[nb >> 2] | _PREV_FREE
-        #@use link(b, size)
-        if size < (16 << gs):
-            ln_li = size >> gs
-        else:
-            fl_x = size
-            co_t = 0
-            if fl_x >= 0x10000:
-                fl_x >>= 16
-                co_t += 16
-            if fl_x >= 0x100:
-                fl_x >>= 8
-                co_t += 8
-            if fl_x >= 0x10:
-                fl_x >>= 4
-                co_t += 4
-            if fl_x >= 0x4:
-                fl_x >>= 2
-                co_t += 2
-            if fl_x >= 0x2:
-                co_t += 1
-            ln_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-        ln_head = a[_W_HEADS] + ln_li
+        #@use link_in(b, hc_li)
+        ln_head = a[_W_HEADS] + hc_li
         ln_nxt = a[ln_head]
         if ln_nxt:
             if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
@@ -822,8 +746,8 @@ def bind(heap, addr):
         if ln_nxt:
             a[(ln_nxt >> 2) + 2] = b
         a[ln_head] = b
-        ln_fl = ln_li >> 4
-        a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
+        ln_fl = hc_li >> 4
+        a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
         a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
         a[_W_NFREE] = a[_W_NFREE] + 1
         #@end
