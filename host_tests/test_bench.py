@@ -24,6 +24,7 @@ def test_quick_bench_on_the_unix_port_reports_every_figure(tmp_path, monkeypatch
 
 def test_a_board_too_small_for_4096_live_blocks_says_so():
     r = {"bytearray_ns": {"median": 100}, "pair_ns": {16: {"median": 150}, 256: {"median": 160}},
+         "pair_ratio": {16: {"median": 1.5}, 256: {"median": 1.6}},
          "occupancy": 0.95, "small_arena": 65536, "header_bytes_per_live_block": 4, "arch": "armv6m",
          "import_bytes": 20000}
     rows = {what: ok for what, _, _, ok in bench.verdicts(r)}
