@@ -1,9 +1,11 @@
 # TLSF (two-level segregated fit) allocator core over one bytearray arena.
 #
 # The arena is the whole state: control words, free-list heads, bitmaps and
-# blocks all live in it; no Python object exists per block. The hot paths
-# (malloc, free, realloc, usable) are viper functions doing integer work on a
-# ptr32 view of the arena, so they allocate nothing and cost O(1).
+# blocks all live in it; no Python object exists per block. This module lays
+# the arena out (format), resizes in place (realloc) and checks it (check); the
+# hot paths (kmalloc, kfree, ksize, kzalloc, memset, memcpy) are in hot.py. All
+# are viper functions doing integer work on a ptr32 view of the arena, so they
+# allocate nothing; the block helpers both share come from blocks/tlsf.blocks.
 #
 # Offsets are bytes from the start of the arena; a kernel address is
 # base + offset. G (the granule) is 8 or 16 bytes; the heap base is a multiple
