@@ -105,6 +105,30 @@ def test_heap_with_explicit_base_hands_out_addresses_from_that_base(target):
         assert 0x10000000 <= p < 0x10000000 + 4096
 
 
+
+def test_addresses_above_2_to_the_30_work_though_they_are_big_ints_on_a_32_bit_board(target):
+    # The hot paths unbox small ints themselves; a big int takes the slow path both ways.
+    r = run(target, '''
+        h = Heap(4096, base=0xF0000000)
+        p = h.kmalloc(40)
+        z = h.kzalloc(24)
+        sizes = (h.ksize(p), h.ksize(z))
+        zeroed = bytes(h.view(z, 24)) == bytes(24)
+        h.kfree(p)
+        h.kfree(z)
+        try:
+            h.kfree(0xF0000000 + 0x100000000)  # truncated to 32 bits it would be in the arena
+            alias = 'accepted'
+        except ValueError as e:
+            alias = str(e)
+        result = dict(p=p, z=z, sizes=sizes, zeroed=zeroed, alias=alias,
+                      live=h.stats()['live_blocks'], ok=h.check())
+    ''')
+    assert 0xF0000000 < r["p"] < 0xF0000000 + 4096 and 0xF0000000 < r["z"] < 0xF0000000 + 4096
+    assert r["sizes"][0] >= 40 and r["sizes"][1] >= 24 and r["zeroed"]
+    assert "is not the start of a live kmalloc block" in r["alias"]
+    assert r["live"] == 0 and r["ok"] is True
+
 def test_addressof_is_the_real_machine_address_of_a_block(target):
     through_machine_address, through_view = run(target, '''
         p = kmalloc(16)

@@ -1,6 +1,8 @@
 # kmem.hot - the hot paths: kmalloc, kfree, ksize, kzalloc, memset and memcpy, each one
 # viper body over the arena that tlsf.py lays out (see its opening comment for the layout
 # and the invariants). A module of its own so that the .py sources compile in less RAM.
+import struct
+import uctypes
 import micropython
 from micropython import const
 
@@ -29,7 +31,12 @@ _W_LIVEMAP = const(13)
 _W_HEADS = const(14)
 _W_BASE = const(15)
 _W_FLAGS = const(16)
-_W_SLMAP = const(17)
+_W_BOX = const(17)  # the address of hot.py's box cell's object word, low 32 bits
+_W_BOXHI = const(18)  # and high 32 bits (0 on a 32-bit port)
+_W_BOXTOP = const(19)  # offset from it to a word that is 0 for a small int (64-bit: its top)
+_W_ZERO = const(20)  # always 0 (_W_BOXTOP's word on a 32-bit port)
+_W_NONE = const(21)  # the object word of None
+_W_SLMAP = const(22)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 
@@ -99,10 +106,10 @@ def _first_fit_at(addr: int, size: int) -> int:
         #@use check_link(b, b)
         if b:
             if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
+                owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
         #@end
         if left <= 0:
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
         left -= 1
         if (a[b >> 2] & _SIZE_MASK) >= size:
             return b
@@ -150,9 +157,9 @@ def containing_at(addr: int, p: int) -> int:
             ls_h = a[(start - HEADER) >> 2]
             ct_size = ls_h & _SIZE_MASK
             if ls_h & 5 or (ls_h >> 30) & 3 or ct_size < 16 or ct_size & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
+                owner._corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
             if (start - HEADER) + ct_size > a[_W_END]:
-                _corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
+                owner._corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
             if p >= start - HEADER + ct_size:
                 start = -1
     #@end
@@ -161,198 +168,97 @@ def containing_at(addr: int, p: int) -> int:
 
 # ---- the hot paths: one viper body per operation ----------------------------------
 #
-# bind() makes kmalloc, kfree and ksize for one arena as closures over its raw buffer
-# address (a captured int: cheaper than ptr32 of the bytearray) and its Heap (for the
-# out-of-line paths: errors, debug messages, first use). A Heap keeps them as instance
-# attributes and the kmem module exports the default heap's, retargeted by init(): no
-# layer sits between the caller and the body. The block helpers are inlined from
-# firmware/blocks/tlsf.blocks. Results are boxed through the module global _ret (viper
-# cannot box an int for an `object` return, and storing an existing global allocates
-# nothing), so every path, NULL and out of memory included, runs under heap_lock. A
-# closure call passes its cells with its arguments, and allocates when they are more than
-# five: each body keeps to that.
+# bind() makes kmalloc, kfree, ksize and kzalloc (and memset, memcpy) for one arena as
+# closures over its raw buffer address (a captured int: cheaper than ptr32 of the
+# bytearray) and its Heap (for the out-of-line paths: errors, debug messages, first use).
+# A Heap keeps them as instance attributes and the kmem module exports the default heap's,
+# retargeted by init(): no layer sits between the caller and the body. The block helpers
+# are inlined from firmware/blocks/tlsf.blocks.
+#
+# Arguments and results pass through `box`, one closure cell shared by every bind(). A
+# body stores its argument there (one pointer store) and reads the object word back with
+# ptr32 at the cell's address, which format() writes into every arena (_W_BOX...); a
+# result is boxed by writing its object word into the cell and returning the cell. So a
+# small int is recognised and unboxed by a mask test, and boxed, with no call into the
+# runtime, no try (an exception frame on every call, and no local in a register) and no
+# global (a viper function that names one swaps the globals dict on every call, under
+# an exception frame too): kmalloc, kfree, ksize and kzalloc name none, and reach
+# everything out of line through their Heap (owner). Anything else (None, a bool, a big
+# int, a float...) takes the slow path, which decides. Every path, NULL and out of memory
+# included, runs under heap_lock. _box_words() checks at import the layout this relies on
+# (py/objclosure.c, py/objcell.c). A closure call passes its cells with its arguments,
+# and allocates when they are more than five: each body keeps to that.
 
-_ret = 0
+_ret = 0  # memset and memcpy box through this global (storing it allocates nothing)
 
 
-def _cells_hold_raw_words():
-    # Does this viper store a native int into a closure cell unboxed? Then a hot path can
-    # box a small int by hand, (x << 1) | 1, for free; else it boxes through _ret.
-    box = 0
+class owner:
+    """What the block helpers report corruption to, `owner._corrupt(...)`, outside bind():
+    inside, owner is the Heap."""
+    _corrupt = staticmethod(_corrupt)
 
-    @micropython.viper
-    def probe(x: int) -> object:
+
+def _binder():
+    box = None  # the shared cell (see above)
+
+    def put_in_box(x):  # for _box_words()
         nonlocal box
-        box = (x << 1) | 1
-        return box
+        box = x
 
-    try:
-        return probe(5) == 5
-    except Exception:
-        return False
+    def bind(heap, addr):
+        """(kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget) over the arena at raw
+        address addr, owned by heap.
+        retarget(heap, addr) points them at another arena (addr 0: none yet; the first
+        call then asks heap() for one)."""
 
-
-_RAW_CELLS = _cells_hold_raw_words()
-
-
-def bind(heap, addr):
-    """(kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget) over the arena at raw
-    address addr, owned by heap.
-    retarget(heap, addr) points them at another arena (addr 0: none yet; the first call
-    then asks heap() for one)."""
-
-    @micropython.viper
-    def kmalloc(nbytes) -> object:
-        global _ret
-        nonlocal tag
-        ad = int(addr)
-        if ad == 0:  # the default heap, before its first use
-            owner()
+        @micropython.viper
+        def kmalloc(nbytes) -> object:
+            nonlocal box
             ad = int(addr)
-        # int() truncates a big int to a machine word. `tag` gets the object word of the
-        # small int n by hand ((n << 1) | 1; viper stores a native int into a closure cell
-        # as it is), so `tag is nbytes` holds only for the small int it was: a bool or a big
-        # int takes the slow path, which decides. (Were the cell ever boxed, the test would
-        # just always fail: slower, never wrong.)
-        bad = 0
-        try:
-            n = int(nbytes)
-        except Exception:
-            bad = 1
-            n = 0
-        if raw:
-            tag = (n << 1) | 1
-            if tag is not nbytes:
-                bad = 1
-        else:
-            _ret = n
-            if _ret is not nbytes:
-                bad = 1
-        if bad or (n >> 28):  # negative or beyond any arena, too
-            return owner._kmalloc_slow(nbytes)
-        if n == 0:
-            return None
-        a = ptr32(ad)
-        gs = a[_W_GSHIFT]
-        need = (n + HEADER + (1 << gs) - 1) & (-1 << gs)
-        if need < MIN_BLOCK:
-            need = MIN_BLOCK
-        # Good fit: the first non-empty class whose every block is >= need.
-        want = need
-        if need >= (16 << gs):
-            #@use fls(ca_t, need)
-            fl_x = need
-            ca_t = 0
-            if fl_x >= 0x10000:
-                fl_x >>= 16
-                ca_t += 16
-            if fl_x >= 0x100:
-                fl_x >>= 8
-                ca_t += 8
-            if fl_x >= 0x10:
-                fl_x >>= 4
-                ca_t += 4
-            if fl_x >= 0x4:
-                fl_x >>= 2
-                ca_t += 2
-            if fl_x >= 0x2:
-                ca_t += 1
-            #@end
-            want = need + (1 << (ca_t - 4)) - 1
-        #@use class_of(li, want)
-        if want < (16 << gs):
-            li = want >> gs
-        else:
-            fl_x = want
-            co_t = 0
-            if fl_x >= 0x10000:
-                fl_x >>= 16
-                co_t += 16
-            if fl_x >= 0x100:
-                fl_x >>= 8
-                co_t += 8
-            if fl_x >= 0x10:
-                fl_x >>= 4
-                co_t += 4
-            if fl_x >= 0x4:
-                fl_x >>= 2
-                co_t += 2
-            if fl_x >= 0x2:
-                co_t += 1
-            li = ((co_t - gs - 3) << 4) | ((want >> (co_t - 4)) & 15)
-        #@end
-        fl = li >> 4
-        b = 0
-        if fl < a[_W_FLCOUNT]:
-            slmap = a[_W_SLMAP + fl] & (-1 << (li & 15))
-            if slmap == 0:
-                flmap = a[_W_FLMAP] & (-1 << (fl + 1))
-                if flmap:
-                    #@use fls(fl, flmap & -flmap)
-                    fl_x = (flmap & -flmap)
-                    fl = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        fl += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        fl += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        fl += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        fl += 2
-                    if fl_x >= 0x2:
-                        fl += 1
-                    #@end
-                    slmap = a[_W_SLMAP + fl]
-            if slmap:
-                #@use fls(sl, slmap & -slmap)
-                fl_x = (slmap & -slmap)
-                sl = 0
+            if ad == 0:  # the default heap, before its first use
+                owner()
+                ad = int(addr)
+            a = ptr32(ad)
+            box = nbytes
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            w = ptr32(bx)[0]  # nbytes' object word: (n << 1) | 1 for a small int n
+            if (w & 1) == 0 or (w >> 29) or ptr32(bx + a[_W_BOXTOP])[0]:
+                return owner._kmalloc_slow(nbytes)  # not a small int 0 <= n < 2**28
+            n = w >> 1
+            if n == 0:
+                return None
+            a = ptr32(ad)
+            gs = a[_W_GSHIFT]
+            need = (n + HEADER + (1 << gs) - 1) & (-1 << gs)
+            if need < MIN_BLOCK:
+                need = MIN_BLOCK
+            # Good fit: the first non-empty class whose every block is >= need.
+            want = need
+            if need >= (16 << gs):
+                #@use fls(ca_t, need)
+                fl_x = need
+                ca_t = 0
                 if fl_x >= 0x10000:
                     fl_x >>= 16
-                    sl += 16
+                    ca_t += 16
                 if fl_x >= 0x100:
                     fl_x >>= 8
-                    sl += 8
+                    ca_t += 8
                 if fl_x >= 0x10:
                     fl_x >>= 4
-                    sl += 4
+                    ca_t += 4
                 if fl_x >= 0x4:
                     fl_x >>= 2
-                    sl += 2
+                    ca_t += 2
                 if fl_x >= 0x2:
-                    sl += 1
+                    ca_t += 1
                 #@end
-                b = a[a[_W_HEADS] + (fl << 4) + sl]
-        if b == 0:
-            b = int(_first_fit_at(ad, need))
-            if b == 0:
-                a[_W_FAILS] = a[_W_FAILS] + 1
-                return owner._oom()
-        #@use check_link(b, b)
-        if b:
-            if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        #@end
-        #@use free_size(size, b)
-        fs_h = a[b >> 2]
-        size = fs_h & _SIZE_MASK
-        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or size < 16 or size & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + b, _BAD_FREE)
-        if b + size > a[_W_END] or a[((b + size) >> 2) - 1] != size:
-            _corrupt(a[_W_BASE] + b, _BAD_FREE)
-        #@end
-        if size < need:
-            _corrupt(a[_W_BASE] + b, _BAD_FREE)
-        if size - need >= MIN_BLOCK:  # the list the rest will head, checked before writing
-            #@use head_check(size - need)
-            if (size - need) < (16 << gs):
-                hc_li = (size - need) >> gs
+                want = need + (1 << (ca_t - 4)) - 1
+            #@use class_of(li, want)
+            if want < (16 << gs):
+                li = want >> gs
             else:
-                fl_x = (size - need)
+                fl_x = want
                 co_t = 0
                 if fl_x >= 0x10000:
                     fl_x >>= 16
@@ -368,543 +274,655 @@ def bind(heap, addr):
                     co_t += 2
                 if fl_x >= 0x2:
                     co_t += 1
-                hc_li = ((co_t - gs - 3) << 4) | (((size - need) >> (co_t - 4)) & 15)
+                li = ((co_t - gs - 3) << 4) | ((want >> (co_t - 4)) & 15)
+            #@end
+            fl = li >> 4
+            b = 0
+            if fl < a[_W_FLCOUNT]:
+                slmap = a[_W_SLMAP + fl] & (-1 << (li & 15))
+                if slmap == 0:
+                    flmap = a[_W_FLMAP] & (-1 << (fl + 1))
+                    if flmap:
+                        #@use fls(fl, flmap & -flmap)
+                        fl_x = (flmap & -flmap)
+                        fl = 0
+                        if fl_x >= 0x10000:
+                            fl_x >>= 16
+                            fl += 16
+                        if fl_x >= 0x100:
+                            fl_x >>= 8
+                            fl += 8
+                        if fl_x >= 0x10:
+                            fl_x >>= 4
+                            fl += 4
+                        if fl_x >= 0x4:
+                            fl_x >>= 2
+                            fl += 2
+                        if fl_x >= 0x2:
+                            fl += 1
+                        #@end
+                        slmap = a[_W_SLMAP + fl]
+                if slmap:
+                    #@use fls(sl, slmap & -slmap)
+                    fl_x = (slmap & -slmap)
+                    sl = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        sl += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        sl += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        sl += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        sl += 2
+                    if fl_x >= 0x2:
+                        sl += 1
+                    #@end
+                    b = a[a[_W_HEADS] + (fl << 4) + sl]
+            if b == 0:
+                b = int(owner._first_fit(need))
+                if b == 0:
+                    a[_W_FAILS] = a[_W_FAILS] + 1
+                    return owner._oom()
+            #@use check_link(b, b)
+            if b:
+                if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            #@end
+            #@use free_size(size, b)
+            fs_h = a[b >> 2]
+            size = fs_h & _SIZE_MASK
+            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or size < 16 or size & ((1 << gs) - 1):
+                owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
+            if b + size > a[_W_END] or a[((b + size) >> 2) - 1] != size:
+                owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
+            #@end
+            if size < need:
+                owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
+            if size - need >= MIN_BLOCK:  # the list the rest will head, checked before writing
+                #@use head_check(size - need)
+                if (size - need) < (16 << gs):
+                    hc_li = (size - need) >> gs
+                else:
+                    fl_x = (size - need)
+                    co_t = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        co_t += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        co_t += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        co_t += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        co_t += 2
+                    if fl_x >= 0x2:
+                        co_t += 1
+                    hc_li = ((co_t - gs - 3) << 4) | (((size - need) >> (co_t - 4)) & 15)
+                hc_head = a[a[_W_HEADS] + hc_li]
+                if hc_head:
+                    if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                #@end
+            #@use unlink(b, size)
+            ul_nxt = a[(b >> 2) + 1]
+            ul_prv = a[(b >> 2) + 2]
+            if ul_nxt:
+                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_prv:
+                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+                owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if size < (16 << gs):
+                ul_li = size >> gs
+            else:
+                fl_x = size
+                co_t = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    co_t += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    co_t += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    co_t += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    co_t += 2
+                if fl_x >= 0x2:
+                    co_t += 1
+                ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+            ul_head = a[_W_HEADS] + ul_li
+            if ul_prv:
+                if a[(ul_prv >> 2) + 1] != b:
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            elif a[ul_head] != b:
+                owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            if ul_nxt:
+                a[(ul_nxt >> 2) + 2] = ul_prv
+            if ul_prv:
+                a[(ul_prv >> 2) + 1] = ul_nxt
+            else:
+                a[ul_head] = ul_nxt
+                if ul_nxt == 0:
+                    ul_fl = ul_li >> 4
+                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                    a[_W_SLMAP + ul_fl] = ul_map
+                    if ul_map == 0:
+                        a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+            a[_W_NFREE] = a[_W_NFREE] - 1
+            #@end
+            rest = size - need
+            if rest >= MIN_BLOCK:
+                r = b + need
+                a[r >> 2] = rest | _FREE
+                a[((r + rest) >> 2) - 1] = rest
+                #@use link_in(r, hc_li)
+                ln_head = a[_W_HEADS] + hc_li
+                ln_nxt = a[ln_head]
+                if ln_nxt:
+                    if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
+                a[(r >> 2) + 1] = ln_nxt
+                a[(r >> 2) + 2] = 0
+                if ln_nxt:
+                    a[(ln_nxt >> 2) + 2] = r
+                a[ln_head] = r
+                ln_fl = hc_li >> 4
+                a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
+                a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
+                a[_W_NFREE] = a[_W_NFREE] + 1
+                #@end
+                size = need
+            else:
+                nb = b + size
+                a[nb >> 2] = a[nb >> 2] & ~_PREV_FREE
+            a[b >> 2] = size  # a kmalloc block (kind 0); its predecessor is never free
+            p = b + HEADER
+            bit = p >> gs
+            w = a[_W_LIVEMAP] + (bit >> 5)
+            a[w] = a[w] | (1 << (bit & 31))
+            used = a[_W_USED] + size - HEADER
+            a[_W_USED] = used
+            if used > a[_W_PEAK]:
+                a[_W_PEAK] = used
+            a[_W_LIVE] = a[_W_LIVE] + 1
+            a[_W_ALLOCS] = a[_W_ALLOCS] + 1
+            q = a[_W_BASE] + p
+            if a[_W_FLAGS] & FLAG_DEBUG:
+                owner._debug_alloc(n, uint(q))
+            if q >> 30:  # not a small int on a 32-bit port (a base chosen near 2**32)
+                return owner._big(uint(q))
+            ptr32(bx + a[_W_BOXTOP])[0] = 0
+            ptr32(bx)[0] = (q << 1) | 1  # box q
+            return box
+
+        @micropython.viper
+        def kfree(ptr):
+            nonlocal box
+            ad = int(addr)
+            if ad == 0:  # the default heap, before its first use
+                owner()
+                ad = int(addr)
+            a = ptr32(ad)
+            box = ptr  # as in kmalloc
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            w = ptr32(bx)[0]
+            if (w & 1) == 0 or w < 0 or ptr32(bx + a[_W_BOXTOP])[0]:
+                if w == a[_W_NONE]:
+                    return  # NULL
+                owner._kfree_slow(ptr)  # raises unless ptr is an int inside the arena
+                q = int(ptr)
+            else:
+                q = w >> 1
+            if q == 0:
+                return
+            if a[_W_FLAGS] & FLAG_DEBUG:
+                owner._debug_free(ptr)
+            gs = a[_W_GSHIFT]
+            p = q - a[_W_BASE]
+            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
+                owner._bad_free(ptr, -1)
+            bit = p >> gs
+            w = a[_W_LIVEMAP] + (bit >> 5)
+            if (a[w] >> (bit & 31)) & 1 == 0:
+                owner._bad_free(ptr, -1)
+            b = p - HEADER
+            #@use live_size(size, b)
+            ls_h = a[b >> 2]
+            size = ls_h & _SIZE_MASK
+            if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+                owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
+            if b + size > a[_W_END]:
+                owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
+            #@end
+            if (a[b >> 2] >> _KIND_SHIFT) & 3:
+                owner._bad_free(ptr, -2)
+            freed = size - HEADER  # its usable bytes, before the merges change size
+            # Both neighbours are checked before anything changes.
+            nb = b + size
+            nh = a[nb >> 2]
+            if nh & _PREV_FREE:
+                owner._corrupt(a[_W_BASE] + nb, _BAD_NEXT)
+            nsize = 0
+            if nh & _FREE:
+                #@use free_size(nsize, nb)
+                fs_h = a[nb >> 2]
+                nsize = fs_h & _SIZE_MASK
+                if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
+                if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
+                #@end
+            psize = 0
+            if a[b >> 2] & _PREV_FREE:
+                psize = a[(b >> 2) - 1]
+                if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
+                    owner._corrupt(a[_W_BASE] + b, _BAD_TAG)
+                #@use free_size(pchk, b - psize)
+                fs_h = a[(b - psize) >> 2]
+                pchk = fs_h & _SIZE_MASK
+                if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
+                    owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+                if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
+                    owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+                #@end
+                if pchk != psize:
+                    owner._corrupt(a[_W_BASE] + b, _BAD_TAG)
+            # Every link this free follows is checked before the first write: unlinking the next
+            # block checks its own links first, and runs first; the previous block's links and
+            # the list the merged block joins are checked here (the second unlink checks
+            # again: the first may have changed what it reads).
+            if psize:
+                #@use unlink_check(b - psize, psize, ck_nxt, ck_prv, ck_li, ck_head)
+                ck_nxt = a[((b - psize) >> 2) + 1]
+                ck_prv = a[((b - psize) >> 2) + 2]
+                if ck_nxt:
+                    if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                if ck_prv:
+                    if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                if ck_nxt and a[(ck_nxt >> 2) + 2] != (b - psize):
+                    owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                if psize < (16 << gs):
+                    ck_li = psize >> gs
+                else:
+                    fl_x = psize
+                    co_t = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        co_t += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        co_t += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        co_t += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        co_t += 2
+                    if fl_x >= 0x2:
+                        co_t += 1
+                    ck_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
+                ck_head = a[_W_HEADS] + ck_li
+                if ck_prv:
+                    if a[(ck_prv >> 2) + 1] != (b - psize):
+                        owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                elif a[ck_head] != (b - psize):
+                    owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                #@end
+            #@use head_check(size + nsize + psize)
+            if (size + nsize + psize) < (16 << gs):
+                hc_li = (size + nsize + psize) >> gs
+            else:
+                fl_x = (size + nsize + psize)
+                co_t = 0
+                if fl_x >= 0x10000:
+                    fl_x >>= 16
+                    co_t += 16
+                if fl_x >= 0x100:
+                    fl_x >>= 8
+                    co_t += 8
+                if fl_x >= 0x10:
+                    fl_x >>= 4
+                    co_t += 4
+                if fl_x >= 0x4:
+                    fl_x >>= 2
+                    co_t += 2
+                if fl_x >= 0x2:
+                    co_t += 1
+                hc_li = ((co_t - gs - 3) << 4) | (((size + nsize + psize) >> (co_t - 4)) & 15)
             hc_head = a[a[_W_HEADS] + hc_li]
             if hc_head:
                 if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                    owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
             #@end
-        #@use unlink(b, size)
-        ul_nxt = a[(b >> 2) + 1]
-        ul_prv = a[(b >> 2) + 2]
-        if ul_nxt:
-            if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        if ul_prv:
-            if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        if size < (16 << gs):
-            ul_li = size >> gs
-        else:
-            fl_x = size
-            co_t = 0
-            if fl_x >= 0x10000:
-                fl_x >>= 16
-                co_t += 16
-            if fl_x >= 0x100:
-                fl_x >>= 8
-                co_t += 8
-            if fl_x >= 0x10:
-                fl_x >>= 4
-                co_t += 4
-            if fl_x >= 0x4:
-                fl_x >>= 2
-                co_t += 2
-            if fl_x >= 0x2:
-                co_t += 1
-            ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-        ul_head = a[_W_HEADS] + ul_li
-        if ul_prv:
-            if a[(ul_prv >> 2) + 1] != b:
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        elif a[ul_head] != b:
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        if ul_nxt:
-            a[(ul_nxt >> 2) + 2] = ul_prv
-        if ul_prv:
-            a[(ul_prv >> 2) + 1] = ul_nxt
-        else:
-            a[ul_head] = ul_nxt
-            if ul_nxt == 0:
-                ul_fl = ul_li >> 4
-                ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
-                a[_W_SLMAP + ul_fl] = ul_map
-                if ul_map == 0:
-                    a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
-        a[_W_NFREE] = a[_W_NFREE] - 1
-        #@end
-        rest = size - need
-        if rest >= MIN_BLOCK:
-            r = b + need
-            a[r >> 2] = rest | _FREE
-            a[((r + rest) >> 2) - 1] = rest
-            #@use link_in(r, hc_li)
+            if nsize:
+                #@use unlink(nb, nsize)
+                ul_nxt = a[(nb >> 2) + 1]
+                ul_prv = a[(nb >> 2) + 2]
+                if ul_nxt:
+                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_prv:
+                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if nsize < (16 << gs):
+                    ul_li = nsize >> gs
+                else:
+                    fl_x = nsize
+                    co_t = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        co_t += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        co_t += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        co_t += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        co_t += 2
+                    if fl_x >= 0x2:
+                        co_t += 1
+                    ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
+                ul_head = a[_W_HEADS] + ul_li
+                if ul_prv:
+                    if a[(ul_prv >> 2) + 1] != nb:
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                elif a[ul_head] != nb:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_nxt:
+                    a[(ul_nxt >> 2) + 2] = ul_prv
+                if ul_prv:
+                    a[(ul_prv >> 2) + 1] = ul_nxt
+                else:
+                    a[ul_head] = ul_nxt
+                    if ul_nxt == 0:
+                        ul_fl = ul_li >> 4
+                        ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                        a[_W_SLMAP + ul_fl] = ul_map
+                        if ul_map == 0:
+                            a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+                a[_W_NFREE] = a[_W_NFREE] - 1
+                #@end
+                size += nsize
+            if psize:
+                b -= psize
+                #@use unlink(b, psize)
+                ul_nxt = a[(b >> 2) + 1]
+                ul_prv = a[(b >> 2) + 2]
+                if ul_nxt:
+                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                if ul_prv:
+                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                if psize < (16 << gs):
+                    ul_li = psize >> gs
+                else:
+                    fl_x = psize
+                    co_t = 0
+                    if fl_x >= 0x10000:
+                        fl_x >>= 16
+                        co_t += 16
+                    if fl_x >= 0x100:
+                        fl_x >>= 8
+                        co_t += 8
+                    if fl_x >= 0x10:
+                        fl_x >>= 4
+                        co_t += 4
+                    if fl_x >= 0x4:
+                        fl_x >>= 2
+                        co_t += 2
+                    if fl_x >= 0x2:
+                        co_t += 1
+                    ul_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
+                ul_head = a[_W_HEADS] + ul_li
+                if ul_prv:
+                    if a[(ul_prv >> 2) + 1] != b:
+                        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                elif a[ul_head] != b:
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                if ul_nxt:
+                    a[(ul_nxt >> 2) + 2] = ul_prv
+                if ul_prv:
+                    a[(ul_prv >> 2) + 1] = ul_nxt
+                else:
+                    a[ul_head] = ul_nxt
+                    if ul_nxt == 0:
+                        ul_fl = ul_li >> 4
+                        ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                        a[_W_SLMAP + ul_fl] = ul_map
+                        if ul_map == 0:
+                            a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+                a[_W_NFREE] = a[_W_NFREE] - 1
+                #@end
+                size += psize
+            a[w] = a[w] & ~(1 << (bit & 31))
+            a[_W_USED] = a[_W_USED] - freed
+            a[_W_LIVE] = a[_W_LIVE] - 1
+            a[_W_FREES] = a[_W_FREES] + 1
+            a[b >> 2] = size | _FREE
+            a[((b + size) >> 2) - 1] = size
+            nb = b + size
+            a[nb >> 2] = a[nb >> 2] | _PREV_FREE
+            #@use link_in(b, hc_li)
             ln_head = a[_W_HEADS] + hc_li
             ln_nxt = a[ln_head]
             if ln_nxt:
                 if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + r, _BAD_LINK)
-            a[(r >> 2) + 1] = ln_nxt
-            a[(r >> 2) + 2] = 0
+                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            a[(b >> 2) + 1] = ln_nxt
+            a[(b >> 2) + 2] = 0
             if ln_nxt:
-                a[(ln_nxt >> 2) + 2] = r
-            a[ln_head] = r
+                a[(ln_nxt >> 2) + 2] = b
+            a[ln_head] = b
             ln_fl = hc_li >> 4
             a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
             a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
             a[_W_NFREE] = a[_W_NFREE] + 1
             #@end
-            size = need
-        else:
-            nb = b + size
-            a[nb >> 2] = a[nb >> 2] & ~_PREV_FREE
-        a[b >> 2] = size  # a kmalloc block (kind 0); its predecessor is never free
-        p = b + HEADER
-        bit = p >> gs
-        w = a[_W_LIVEMAP] + (bit >> 5)
-        a[w] = a[w] | (1 << (bit & 31))
-        used = a[_W_USED] + size - HEADER
-        a[_W_USED] = used
-        if used > a[_W_PEAK]:
-            a[_W_PEAK] = used
-        a[_W_LIVE] = a[_W_LIVE] + 1
-        a[_W_ALLOCS] = a[_W_ALLOCS] + 1
-        q = a[_W_BASE] + p
-        if a[_W_FLAGS] & FLAG_DEBUG:
-            _ret = uint(q)
-            owner._debug_alloc(n, _ret)
-        if raw and (q >> 29) == 0:  # a small int everywhere: box it by hand (see tag)
-            tag = (q << 1) | 1
-            return tag
-        _ret = uint(q)
-        return _ret
 
-    @micropython.viper
-    def kfree(ptr):
-        global _ret
-        nonlocal tag
-        ad = int(addr)
-        if ad == 0:  # the default heap, before its first use
-            owner()
+        @micropython.viper
+        def ksize(ptr) -> int:
+            nonlocal box
             ad = int(addr)
-        if ptr is null:  # NULL, before int() would raise (an exception costs microseconds)
-            return
-        bad = 0
-        try:
-            q = int(ptr)
-        except Exception:
-            bad = 1
-            q = 0
-        tag = (q << 1) | 1
-        if bad or tag is not ptr:  # as in kmalloc
-            _ret = uint(q)
-            if bad or not ptr == _ret:  # a big int that is a 32-bit address goes on
-                owner._kfree_slow(ptr)  # TypeError / ValueError
-                return
-        elif q < 0:  # a negative small int is no address (with a base >= 2**31 on a
-            owner._kfree_slow(ptr)  # 32-bit board, q - base would alias a block)
-            return
-        if q == 0:
-            return
-        a = ptr32(ad)
-        if a[_W_FLAGS] & FLAG_DEBUG:
-            owner._debug_free(ptr)
-        gs = a[_W_GSHIFT]
-        p = q - a[_W_BASE]
-        if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
-            owner._bad_free(ptr, -1)
-        bit = p >> gs
-        w = a[_W_LIVEMAP] + (bit >> 5)
-        if (a[w] >> (bit & 31)) & 1 == 0:
-            owner._bad_free(ptr, -1)
-        b = p - HEADER
-        #@use live_size(size, b)
-        ls_h = a[b >> 2]
-        size = ls_h & _SIZE_MASK
-        if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + b, _BAD_HEADER)
-        if b + size > a[_W_END]:
-            _corrupt(a[_W_BASE] + b, _BAD_HEADER)
-        #@end
-        if (a[b >> 2] >> _KIND_SHIFT) & 3:
-            owner._bad_free(ptr, -2)
-        freed = size - HEADER  # its usable bytes, before the merges change size
-        # Both neighbours are checked before anything changes.
-        nb = b + size
-        nh = a[nb >> 2]
-        if nh & _PREV_FREE:
-            _corrupt(a[_W_BASE] + nb, _BAD_NEXT)
-        nsize = 0
-        if nh & _FREE:
-            #@use free_size(nsize, nb)
-            fs_h = a[nb >> 2]
-            nsize = fs_h & _SIZE_MASK
-            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + nb, _BAD_FREE)
-            if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
-                _corrupt(a[_W_BASE] + nb, _BAD_FREE)
-            #@end
-        psize = 0
-        if a[b >> 2] & _PREV_FREE:
-            psize = a[(b >> 2) - 1]
-            if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
-                _corrupt(a[_W_BASE] + b, _BAD_TAG)
-            #@use free_size(pchk, b - psize)
-            fs_h = a[(b - psize) >> 2]
-            pchk = fs_h & _SIZE_MASK
-            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
-            if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
-                _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
-            #@end
-            if pchk != psize:
-                _corrupt(a[_W_BASE] + b, _BAD_TAG)
-        # Every link this free follows is checked before the first write: unlinking the next
-        # block checks its own links first, and runs first; the previous block's links and
-        # the list the merged block joins are checked here (the second unlink checks
-        # again: the first may have changed what it reads).
-        if psize:
-            #@use unlink_check(b - psize, psize, ck_nxt, ck_prv, ck_li, ck_head)
-            ck_nxt = a[((b - psize) >> 2) + 1]
-            ck_prv = a[((b - psize) >> 2) + 2]
-            if ck_nxt:
-                if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-            if ck_prv:
-                if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-            if ck_nxt and a[(ck_nxt >> 2) + 2] != (b - psize):
-                _corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-            if psize < (16 << gs):
-                ck_li = psize >> gs
-            else:
-                fl_x = psize
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ck_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
-            ck_head = a[_W_HEADS] + ck_li
-            if ck_prv:
-                if a[(ck_prv >> 2) + 1] != (b - psize):
-                    _corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-            elif a[ck_head] != (b - psize):
-                _corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-            #@end
-        #@use head_check(size + nsize + psize)
-        if (size + nsize + psize) < (16 << gs):
-            hc_li = (size + nsize + psize) >> gs
-        else:
-            fl_x = (size + nsize + psize)
-            co_t = 0
-            if fl_x >= 0x10000:
-                fl_x >>= 16
-                co_t += 16
-            if fl_x >= 0x100:
-                fl_x >>= 8
-                co_t += 8
-            if fl_x >= 0x10:
-                fl_x >>= 4
-                co_t += 4
-            if fl_x >= 0x4:
-                fl_x >>= 2
-                co_t += 2
-            if fl_x >= 0x2:
-                co_t += 1
-            hc_li = ((co_t - gs - 3) << 4) | (((size + nsize + psize) >> (co_t - 4)) & 15)
-        hc_head = a[a[_W_HEADS] + hc_li]
-        if hc_head:
-            if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
-        #@end
-        if nsize:
-            #@use unlink(nb, nsize)
-            ul_nxt = a[(nb >> 2) + 1]
-            ul_prv = a[(nb >> 2) + 2]
-            if ul_nxt:
-                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if ul_prv:
-                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
-                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if nsize < (16 << gs):
-                ul_li = nsize >> gs
-            else:
-                fl_x = nsize
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
-            ul_head = a[_W_HEADS] + ul_li
-            if ul_prv:
-                if a[(ul_prv >> 2) + 1] != nb:
-                    _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            elif a[ul_head] != nb:
-                _corrupt(a[_W_BASE] + nb, _BAD_LINK)
-            if ul_nxt:
-                a[(ul_nxt >> 2) + 2] = ul_prv
-            if ul_prv:
-                a[(ul_prv >> 2) + 1] = ul_nxt
-            else:
-                a[ul_head] = ul_nxt
-                if ul_nxt == 0:
-                    ul_fl = ul_li >> 4
-                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
-                    a[_W_SLMAP + ul_fl] = ul_map
-                    if ul_map == 0:
-                        a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
-            a[_W_NFREE] = a[_W_NFREE] - 1
-            #@end
-            size += nsize
-        if psize:
-            b -= psize
-            #@use unlink(b, psize)
-            ul_nxt = a[(b >> 2) + 1]
-            ul_prv = a[(b >> 2) + 2]
-            if ul_nxt:
-                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if ul_prv:
-                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
-                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if psize < (16 << gs):
-                ul_li = psize >> gs
-            else:
-                fl_x = psize
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ul_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
-            ul_head = a[_W_HEADS] + ul_li
-            if ul_prv:
-                if a[(ul_prv >> 2) + 1] != b:
-                    _corrupt(a[_W_BASE] + b, _BAD_LINK)
-            elif a[ul_head] != b:
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if ul_nxt:
-                a[(ul_nxt >> 2) + 2] = ul_prv
-            if ul_prv:
-                a[(ul_prv >> 2) + 1] = ul_nxt
-            else:
-                a[ul_head] = ul_nxt
-                if ul_nxt == 0:
-                    ul_fl = ul_li >> 4
-                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
-                    a[_W_SLMAP + ul_fl] = ul_map
-                    if ul_map == 0:
-                        a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
-            a[_W_NFREE] = a[_W_NFREE] - 1
-            #@end
-            size += psize
-        a[w] = a[w] & ~(1 << (bit & 31))
-        a[_W_USED] = a[_W_USED] - freed
-        a[_W_LIVE] = a[_W_LIVE] - 1
-        a[_W_FREES] = a[_W_FREES] + 1
-        a[b >> 2] = size | _FREE
-        a[((b + size) >> 2) - 1] = size
-        nb = b + size
-        a[nb >> 2] = a[nb >> 2] | _PREV_FREE
-        #@use link_in(b, hc_li)
-        ln_head = a[_W_HEADS] + hc_li
-        ln_nxt = a[ln_head]
-        if ln_nxt:
-            if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
-                _corrupt(a[_W_BASE] + b, _BAD_LINK)
-        a[(b >> 2) + 1] = ln_nxt
-        a[(b >> 2) + 2] = 0
-        if ln_nxt:
-            a[(ln_nxt >> 2) + 2] = b
-        a[ln_head] = b
-        ln_fl = hc_li >> 4
-        a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
-        a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
-        a[_W_NFREE] = a[_W_NFREE] + 1
-        #@end
-
-    @micropython.viper
-    def ksize(ptr) -> int:
-        global _ret
-        nonlocal tag
-        ad = int(addr)
-        if ad == 0:  # the default heap, before its first use
-            owner()
-            ad = int(addr)
-        if ptr is null:
-            return 0
-        bad = 0
-        try:
-            q = int(ptr)
-        except Exception:
-            bad = 1
-            q = 0
-        tag = (q << 1) | 1
-        if bad or tag is not ptr:  # as in kfree
-            _ret = uint(q)
-            if bad or not ptr == _ret:
+            if ad == 0:  # the default heap, before its first use
+                owner()
+                ad = int(addr)
+            a = ptr32(ad)
+            box = ptr  # as in kmalloc
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            w = ptr32(bx)[0]
+            if (w & 1) == 0 or w < 0 or ptr32(bx + a[_W_BOXTOP])[0]:
+                return int(owner._ksize_slow(ptr))  # NULL, or not a small int >= 0
+            q = w >> 1
+            if q == 0:
+                return 0
+            gs = a[_W_GSHIFT]
+            p = q - a[_W_BASE]
+            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
                 return int(owner._ksize_slow(ptr))
-        elif q < 0:
-            return int(owner._ksize_slow(ptr))
-        if q == 0:
-            return 0
-        a = ptr32(ad)
-        gs = a[_W_GSHIFT]
-        p = q - a[_W_BASE]
-        if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
-            return int(owner._ksize_slow(ptr))
-        bit = p >> gs
-        if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
-            return int(owner._ksize_slow(ptr))
-        #@use live_size(size, p - HEADER)
-        ls_h = a[(p - HEADER) >> 2]
-        size = ls_h & _SIZE_MASK
-        if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
-        if (p - HEADER) + size > a[_W_END]:
-            _corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
-        #@end
-        return size - HEADER
+            bit = p >> gs
+            if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
+                return int(owner._ksize_slow(ptr))
+            #@use live_size(size, p - HEADER)
+            ls_h = a[(p - HEADER) >> 2]
+            size = ls_h & _SIZE_MASK
+            if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+                owner._corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
+            if (p - HEADER) + size > a[_W_END]:
+                owner._corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
+            #@end
+            return size - HEADER
 
-    @micropython.viper
-    def kzalloc(nbytes) -> object:
-        p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
-        if p is null:
+        @micropython.viper
+        def kzalloc(nbytes) -> object:
+            nonlocal box
+            p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
+            a = ptr32(int(addr))
+            box = p
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            w = ptr32(bx)[0]
+            if w == a[_W_NONE]:
+                return p
+            if (w & 1) == 0 or w < 0 or ptr32(bx + a[_W_BOXTOP])[0]:
+                off = int(p) - a[_W_BASE]  # not a small int < 2**31 (a base near 2**32)
+            else:
+                off = (w >> 1) - a[_W_BASE]
+            wd = off >> 2
+            end = (off + int(nbytes) + 3) >> 2  # kmalloc has checked nbytes; the block is
+            while wd < end:                     # granule-aligned, so whole words stay in it
+                a[wd] = 0
+                wd += 1
             return p
-        a = ptr32(int(addr))
-        off = int(p) - a[_W_BASE]
-        w = off >> 2
-        end = (off + int(nbytes) + 3) >> 2  # kmalloc has checked nbytes; the block is
-        while w < end:                      # granule-aligned, so whole words stay in it
-            a[w] = 0
-            w += 1
-        return p
 
-    @micropython.viper
-    def memset(ptr, value, nbytes) -> object:
-        global _ret  # not the tag cell: over 5 cells and arguments, a closure call allocates
-        ad = int(addr)
-        if ad == 0:
-            owner()
+        @micropython.viper
+        def memset(ptr, value, nbytes) -> object:
+            global _ret  # not the box cell: over 5 cells and arguments, a closure call allocates
             ad = int(addr)
-        bad = 0
-        try:
-            q = int(ptr)
-            v = int(value)
-            n = int(nbytes)
-        except Exception:
-            bad = 1
-            q = v = n = 0
-        if not bad:  # each a small int it was (as in kmalloc)
-            _ret = q
-            if _ret is not ptr:
+            if ad == 0:
+                owner()
+                ad = int(addr)
+            bad = 0
+            try:
+                q = int(ptr)
+                v = int(value)
+                n = int(nbytes)
+            except Exception:
                 bad = 1
-            _ret = v
-            if _ret is not value:
-                bad = 1
-            _ret = n
-            if _ret is not nbytes:
-                bad = 1
-        if bad or (v & -256) or n < 0 or q < 0:
-            return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
-        a = ptr32(ad)
-        gs = a[_W_GSHIFT]
-        p = q - a[_W_BASE]
-        start = int(containing_at(ad, p))
-        if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
-            return owner._memset_checked(ptr, value, nbytes)
-        b = ptr8(ad)
-        end = p + n
-        while p < end:
-            b[p] = v
-            p += 1
-        return ptr
+                q = v = n = 0
+            if not bad:  # each a small int it was (as in kmalloc)
+                _ret = q
+                if _ret is not ptr:
+                    bad = 1
+                _ret = v
+                if _ret is not value:
+                    bad = 1
+                _ret = n
+                if _ret is not nbytes:
+                    bad = 1
+            if bad or (v & -256) or n < 0 or q < 0:
+                return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
+            a = ptr32(ad)
+            gs = a[_W_GSHIFT]
+            p = q - a[_W_BASE]
+            start = int(containing_at(ad, p))
+            if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+                return owner._memset_checked(ptr, value, nbytes)
+            b = ptr8(ad)
+            end = p + n
+            while p < end:
+                b[p] = v
+                p += 1
+            return ptr
 
-    @micropython.viper
-    def memcpy(dst, src, nbytes) -> object:
-        global _ret  # not the tag cell: over 5 cells and arguments, a closure call allocates
-        ad = int(addr)
-        if ad == 0:
-            owner()
+        @micropython.viper
+        def memcpy(dst, src, nbytes) -> object:
+            global _ret  # not the box cell: over 5 cells and arguments, a closure call allocates
             ad = int(addr)
-        bad = 0
-        try:
-            qd = int(dst)
-            qs = int(src)
-            n = int(nbytes)
-        except Exception:
-            bad = 1
-            qd = qs = n = 0
-        if not bad:
-            _ret = qd
-            if _ret is not dst:
+            if ad == 0:
+                owner()
+                ad = int(addr)
+            bad = 0
+            try:
+                qd = int(dst)
+                qs = int(src)
+                n = int(nbytes)
+            except Exception:
                 bad = 1
-            _ret = qs
-            if _ret is not src:
-                bad = 1
-            _ret = n
-            if _ret is not nbytes:
-                bad = 1
-        if bad or n < 0 or qd < 0 or qs < 0:
-            return owner._memcpy_checked(dst, src, nbytes)
-        a = ptr32(ad)
-        gs = a[_W_GSHIFT]
-        s = qs - a[_W_BASE]
-        start = int(containing_at(ad, s))
-        if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
-            return owner._memcpy_checked(dst, src, nbytes)
-        d = qd - a[_W_BASE]
-        start = int(containing_at(ad, d))
-        if start < 0 or d + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
-            return owner._memcpy_checked(dst, src, nbytes)
-        b = ptr8(ad)
-        if d <= s:  # memmove: backwards when the destination overlaps the source's tail
-            i = 0
-            while i < n:
-                b[d + i] = b[s + i]
-                i += 1
-        else:
-            i = n
-            while i > 0:
-                i -= 1
-                b[d + i] = b[s + i]
-        return dst
+                qd = qs = n = 0
+            if not bad:
+                _ret = qd
+                if _ret is not dst:
+                    bad = 1
+                _ret = qs
+                if _ret is not src:
+                    bad = 1
+                _ret = n
+                if _ret is not nbytes:
+                    bad = 1
+            if bad or n < 0 or qd < 0 or qs < 0:
+                return owner._memcpy_checked(dst, src, nbytes)
+            a = ptr32(ad)
+            gs = a[_W_GSHIFT]
+            s = qs - a[_W_BASE]
+            start = int(containing_at(ad, s))
+            if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+                return owner._memcpy_checked(dst, src, nbytes)
+            d = qd - a[_W_BASE]
+            start = int(containing_at(ad, d))
+            if start < 0 or d + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
+                return owner._memcpy_checked(dst, src, nbytes)
+            b = ptr8(ad)
+            if d <= s:  # memmove: backwards when the destination overlaps the source's tail
+                i = 0
+                while i < n:
+                    b[d + i] = b[s + i]
+                    i += 1
+            else:
+                i = n
+                while i > 0:
+                    i -= 1
+                    b[d + i] = b[s + i]
+            return dst
 
-    def retarget(new_owner, new_addr):
-        nonlocal owner, addr
-        owner, addr = new_owner, new_addr
+        def retarget(new_owner, new_addr):
+            nonlocal owner, addr
+            owner, addr = new_owner, new_addr
 
-    owner = heap
-    tag = 0
-    raw = _RAW_CELLS
-    null = None  # viper compares objects with `is`, not with the None constant
-    return kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget
+        owner = heap
+        return kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget
+
+    return bind, put_in_box
+
+
+bind, _put_in_box = _binder()
+
+
+def _box_cell_word():
+    # The address of the box cell's object word, found and checked: bind is a closure over
+    # box alone (py/objclosure.c: type, function, n_closed, cells) and a cell holds its
+    # object after its type (py/objcell.c).
+    ws = struct.calcsize("P")
+    _, _, n_closed, cell = struct.unpack("4P", uctypes.bytearray_at(id(bind), 4 * ws))
+    at = cell + ws
+    probe = bytearray(1)
+    seen = []
+    for value in (probe, 12345):
+        _put_in_box(value)
+        seen.append(struct.unpack("P", uctypes.bytearray_at(at, ws))[0])
+    _put_in_box(None)
+    none = struct.unpack("P", uctypes.bytearray_at(at, ws))[0]
+    if n_closed != 1 or seen != [id(probe), 2 * 12345 + 1]:
+        raise ImportError("kmem: this MicroPython lays out closures or cells in a way kmem "
+                          "does not know (py/objclosure.c, py/objcell.c)")
+    return at, ws, none
+
+
+_BOX_AT, _WORD_SIZE, _NONE_WORD = _box_cell_word()
+
+
+def box_words(arena_addr):
+    """The control words _W_BOX, _W_BOXHI, _W_BOXTOP and _W_NONE for the arena at raw
+    address arena_addr (format() writes them)."""
+    if _WORD_SIZE == 8:
+        top = 4
+    else:  # a word of the arena that stays 0; 32-bit arithmetic wraps, as viper's does
+        top = (arena_addr + _W_ZERO * 4 - _BOX_AT) & 0xFFFFFFFF
+    return _BOX_AT & 0xFFFFFFFF, _BOX_AT >> 32, top, _NONE_WORD

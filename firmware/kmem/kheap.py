@@ -199,12 +199,21 @@ class Heap:
         print("Memory free requested at 0x%08x" % ptr)
 
     def _kfree_slow(self, ptr):
-        # kfree of something that is not a machine int: NULL, or an error.
-        if ptr is None:
-            return
+        # The hot path's pointer is not a small int >= 0 (nor None): raise, unless it is an
+        # int that may still start a block (a big int, a bool), which the hot path then frees.
         if not isinstance(ptr, int):
             raise TypeError("kfree: pointer must be an int or None")
-        self._free(ptr, KIND_PLAIN, "kfree")  # an int too big for a machine word
+        if not 0 <= ptr - self.base < self.size:
+            self._free(ptr, KIND_PLAIN, "kfree")  # raises ValueError, after the debug line
+
+    def _corrupt(self, addr, what):
+        tlsf._corrupt(addr, what)
+
+    def _first_fit(self, need):
+        return tlsf.first_fit_at(self._addr, need)
+
+    def _big(self, ptr):
+        return ptr  # boxed by the call: an address of 2**30 or more on a 32-bit port
 
     def _bad_free(self, ptr, code):
         raise self._bad_pointer(ptr, "kfree", code, KIND_PLAIN)

@@ -16,8 +16,9 @@
 #   [0] MAGIC  [1] FLMAP  [2] USED  [3] PEAK  [4] LIVE  [5] NFREE  [6] ALLOCS
 #   [7] FREES  [8] FAILS  [9] GSHIFT  [10] FIRST  [11] END  [12] FLCOUNT
 #   [13] LIVEMAP (word index)  [14] HEADS (word index)  [15] BASE (kernel address of
-#   offset 0)  [16] FLAGS (bit 0: debug messages on)
-#   [17 .. 17+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
+#   offset 0)  [16] FLAGS (bit 0: debug messages on)  [17..21] BOX, BOXHI, BOXTOP, ZERO,
+#   NONE: where hot.py's paths find their box cell (see hot.py)
+#   [22 .. 22+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
 #   [HEADS .. +FLCOUNT*16)   HEADS[fl*16+sl]: first free block of each class
 #   [LIVEMAP ..)             one bit per granule: set at each live payload
 #   FIRST ..                 blocks, then a 4-byte epilogue header at END
@@ -45,9 +46,11 @@
 #      consistent; SLMAP bit set <=> list non-empty; FLMAP bit <=> SLMAP != 0.
 #   6. LIVEMAP has a bit exactly at each live payload.
 #   7. USED, LIVE and NFREE match the blocks; kernel stacks keep their canary.
+import uctypes
 import micropython
 from micropython import const
-from .hot import CorruptionError, _corrupt, containing_at, bind  # noqa: F401 (re-exported)
+from .hot import (CorruptionError, _corrupt, _first_fit_at as first_fit_at,  # noqa: F401
+                  containing_at, bind, box_words, owner)
 
 KIND_PLAIN = const(0)
 KIND_STACK = const(1)
@@ -80,7 +83,12 @@ _W_LIVEMAP = const(13)
 _W_HEADS = const(14)
 _W_BASE = const(15)
 _W_FLAGS = const(16)
-_W_SLMAP = const(17)
+_W_BOX = const(17)  # the address of hot.py's box cell's object word, low 32 bits
+_W_BOXHI = const(18)  # and high 32 bits (0 on a 32-bit port)
+_W_BOXTOP = const(19)  # offset from it to a word that is 0 for a small int (64-bit: its top)
+_W_ZERO = const(20)  # always 0 (_W_BOXTOP's word on a 32-bit port)
+_W_NONE = const(21)  # the object word of None
+_W_SLMAP = const(22)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 
@@ -164,7 +172,7 @@ def _insert_free(arena, b: int, size: int):
     ln_nxt = a[ln_head]
     if ln_nxt:
         if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     a[(b >> 2) + 1] = ln_nxt
     a[(b >> 2) + 2] = 0
     if ln_nxt:
@@ -186,12 +194,12 @@ def _remove_free(arena, b: int, size: int):
     ul_prv = a[(b >> 2) + 2]
     if ul_nxt:
         if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if ul_prv:
         if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
-        _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if size < (16 << gs):
         ul_li = size >> gs
     else:
@@ -215,9 +223,9 @@ def _remove_free(arena, b: int, size: int):
     ul_head = a[_W_HEADS] + ul_li
     if ul_prv:
         if a[(ul_prv >> 2) + 1] != b:
-            _corrupt(a[_W_BASE] + b, _BAD_LINK)
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     elif a[ul_head] != b:
-        _corrupt(a[_W_BASE] + b, _BAD_LINK)
+        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if ul_nxt:
         a[(ul_nxt >> 2) + 2] = ul_prv
     if ul_prv:
@@ -282,9 +290,9 @@ def _release(arena, b: int, size: int):
         fs_h = a[nb >> 2]
         nsize = fs_h & _SIZE_MASK
         if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
-            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         #@end
         _remove_free(arena, nb, nsize)
         size += nsize
@@ -296,9 +304,9 @@ def _release(arena, b: int, size: int):
         fs_h = a[(b - psize) >> 2]
         pchk = fs_h & _SIZE_MASK
         if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
         if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
-            _corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
         #@end
         if pchk != psize:
             _corrupt(a[_W_BASE] + b, _BAD_TAG)
@@ -348,9 +356,9 @@ def realloc(arena, p: int, n: int) -> int:
     ls_h = a[b >> 2]
     size = ls_h & _SIZE_MASK
     if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
-        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     if b + size > a[_W_END]:
-        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     #@end
     need = int(_block_size_for(arena, n))
     if need > size:
@@ -362,9 +370,9 @@ def realloc(arena, p: int, n: int) -> int:
         fs_h = a[nb >> 2]
         nsize = fs_h & _SIZE_MASK
         if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
-            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
-            _corrupt(a[_W_BASE] + nb, _BAD_FREE)
+            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         #@end
         if size + nsize < need:
             return 0
@@ -396,9 +404,9 @@ def usable(arena, p: int) -> int:
     ls_h = a[b >> 2]
     size = ls_h & _SIZE_MASK
     if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
-        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     if b + size > a[_W_END]:
-        _corrupt(a[_W_BASE] + b, _BAD_HEADER)
+        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     #@end
     return size - HEADER
 
@@ -478,6 +486,9 @@ def format(arena, gshift, base):
         (_W_HEADS, heads), (_W_BASE, base),
     )
     for index, value in words:
+        store32(arena, index * 4, value)
+    for index, value in zip((_W_BOX, _W_BOXHI, _W_BOXTOP, _W_NONE),
+                            box_words(uctypes.addressof(arena))):
         store32(arena, index * 4, value)
     store32(arena, end, 0)  # epilogue: size 0, used
     store32(arena, first, MIN_BLOCK)  # used-looking, so _release can free it
