@@ -82,6 +82,29 @@ kfree(q)
     assert err is not None and err.endswith("header overwritten")
 
 
+def test_a_damaged_control_word_is_reported_by_check(target):
+    # The hot paths trust the control words (check() verifies them): the box cell's
+    # address, the header masks, the de Bruijn table.
+    errors = target.eval("errs", setup="""
+import uctypes
+h = heap()
+errs = []
+for off in (17 * 4, 22 * 4, 24 * 4 + 5):
+    cell = uctypes.bytearray_at(h._addr + off, 1)
+    keep = cell[0]
+    cell[0] ^= 0x10
+    try:
+        errs.append(check())
+    except CorruptionError as e:
+        errs.append(str(e))
+    cell[0] = keep
+errs.append(check())
+""")
+    assert errors == ["arena control block overwritten (word 17)",
+                      "arena control block overwritten (word 22)",
+                      "arena control block overwritten (ctz table)", True]
+
+
 LOOPED_VMAS = POKE + """
 m = mm_create()
 mmap_region(m, 0x1000, 0x1000, VM_READ)

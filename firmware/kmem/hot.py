@@ -36,7 +36,10 @@ _W_BOXHI = const(18)  # and high 32 bits (0 on a 32-bit port)
 _W_BOXTOP = const(19)  # offset from it to a word that is 0 for a small int (64-bit: its top)
 _W_ZERO = const(20)  # always 0 (_W_BOXTOP's word on a 32-bit port)
 _W_NONE = const(21)  # the object word of None
-_W_SLMAP = const(22)
+_W_FREEMASK = const(22)  # header bits that must read 1 (FREE) for a free block: 0xF0000007|gm
+_W_LIVEMASK = const(23)  # header bits that must be 0 in a live block: 0xC0000005|gm&~7
+_W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
+_W_SLMAP = const(32)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 
@@ -53,11 +56,12 @@ _BAD_FREE = const(1)
 _BAD_HEADER = const(2)
 _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
+_BAD_MAP = const(5)
 #@end
 
 _CORRUPT = ("free list link is broken", "free block header or boundary tag overwritten",
             "header overwritten", "header of the next block overwritten",
-            "boundary tag before the block overwritten")
+            "boundary tag before the block overwritten", "free-list bitmap overwritten")
 
 
 class CorruptionError(Exception):
@@ -76,26 +80,19 @@ def _first_fit_at(addr: int, size: int) -> int:
     # number of free blocks and checks each link before following it.
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     #@use class_of(li, size)
     if size < (16 << gs):
         li = size >> gs
     else:
         fl_x = size
-        co_t = 0
-        if fl_x >= 0x10000:
-            fl_x >>= 16
-            co_t += 16
-        if fl_x >= 0x100:
-            fl_x >>= 8
-            co_t += 8
-        if fl_x >= 0x10:
-            fl_x >>= 4
-            co_t += 4
-        if fl_x >= 0x4:
-            fl_x >>= 2
-            co_t += 2
-        if fl_x >= 0x2:
-            co_t += 1
+        fl_x |= fl_x >> 1
+        fl_x |= fl_x >> 2
+        fl_x |= fl_x >> 4
+        fl_x |= fl_x >> 8
+        fl_x |= fl_x >> 16
+        fl_x ^= fl_x >> 1
+        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
         li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
     #@end
     if (li >> 4) >= a[_W_FLCOUNT]:
@@ -105,7 +102,7 @@ def _first_fit_at(addr: int, size: int) -> int:
     while b:
         #@use check_link(b, b)
         if b:
-            if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
+            if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & gm:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
         #@end
         if left <= 0:
@@ -123,6 +120,7 @@ def containing_at(addr: int, p: int) -> int:
     # Out of line: memset and memcpy call it (their byte loop outweighs the call).
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     #@use containing(start, p)
     start = -1
     if p >= a[_W_FIRST] + HEADER and p < a[_W_END]:
@@ -138,25 +136,17 @@ def containing_at(addr: int, p: int) -> int:
                 ct_top = 31
             else:
                 fl_x = ct_word
-                ct_top = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    ct_top += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    ct_top += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    ct_top += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    ct_top += 2
-                if fl_x >= 0x2:
-                    ct_top += 1
+                fl_x |= fl_x >> 1
+                fl_x |= fl_x >> 2
+                fl_x |= fl_x >> 4
+                fl_x |= fl_x >> 8
+                fl_x |= fl_x >> 16
+                fl_x ^= fl_x >> 1
+                ct_top = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
             start = (((ct_w - ct_lm) << 5) + ct_top) << gs
             ls_h = a[(start - HEADER) >> 2]
             ct_size = ls_h & _SIZE_MASK
-            if ls_h & 5 or (ls_h >> 30) & 3 or ct_size < 16 or ct_size & ((1 << gs) - 1):
+            if ls_h & a[_W_LIVEMASK] or ct_size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
                 owner._corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
             if (start - HEADER) + ct_size > a[_W_END]:
                 owner._corrupt(a[_W_BASE] + (start - HEADER), _BAD_HEADER)
@@ -229,6 +219,7 @@ def _binder():
                 return None
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
             need = (n + HEADER + (1 << gs) - 1) & (-1 << gs)
             if need < MIN_BLOCK:
                 need = MIN_BLOCK
@@ -237,21 +228,13 @@ def _binder():
             if need >= (16 << gs):
                 #@use fls(ca_t, need)
                 fl_x = need
-                ca_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    ca_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    ca_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    ca_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    ca_t += 2
-                if fl_x >= 0x2:
-                    ca_t += 1
+                fl_x |= fl_x >> 1
+                fl_x |= fl_x >> 2
+                fl_x |= fl_x >> 4
+                fl_x |= fl_x >> 8
+                fl_x |= fl_x >> 16
+                fl_x ^= fl_x >> 1
+                ca_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
                 #@end
                 want = need + (1 << (ca_t - 4)) - 1
             #@use class_of(li, want)
@@ -259,21 +242,13 @@ def _binder():
                 li = want >> gs
             else:
                 fl_x = want
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
+                fl_x |= fl_x >> 1
+                fl_x |= fl_x >> 2
+                fl_x |= fl_x >> 4
+                fl_x |= fl_x >> 8
+                fl_x |= fl_x >> 16
+                fl_x ^= fl_x >> 1
+                co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
                 li = ((co_t - gs - 3) << 4) | ((want >> (co_t - 4)) & 15)
             #@end
             fl = li >> 4
@@ -283,59 +258,48 @@ def _binder():
                 if slmap == 0:
                     flmap = a[_W_FLMAP] & (-1 << (fl + 1))
                     if flmap:
-                        #@use fls(fl, flmap & -flmap)
-                        fl_x = (flmap & -flmap)
-                        fl = 0
-                        if fl_x >= 0x10000:
-                            fl_x >>= 16
-                            fl += 16
-                        if fl_x >= 0x100:
-                            fl_x >>= 8
-                            fl += 8
-                        if fl_x >= 0x10:
-                            fl_x >>= 4
-                            fl += 4
-                        if fl_x >= 0x4:
-                            fl_x >>= 2
-                            fl += 2
-                        if fl_x >= 0x2:
-                            fl += 1
+                        #@use ctz(fl, flmap)
+                        ctz_x = flmap
+                        fl = ptr8(a)[_W_CTZ * 4 + (((ctz_x & -ctz_x) * 0x077CB531) >> 27 & 31)]
                         #@end
+                        if fl >= a[_W_FLCOUNT]:  # a bit no list has: its heads would lie beyond
+                            owner._corrupt(a[_W_BASE] + _W_FLMAP * 4, _BAD_MAP)
                         slmap = a[_W_SLMAP + fl]
                 if slmap:
-                    #@use fls(sl, slmap & -slmap)
-                    fl_x = (slmap & -slmap)
-                    sl = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        sl += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        sl += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        sl += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        sl += 2
-                    if fl_x >= 0x2:
-                        sl += 1
+                    #@use ctz(sl, slmap)
+                    ctz_x = slmap
+                    sl = ptr8(a)[_W_CTZ * 4 + (((ctz_x & -ctz_x) * 0x077CB531) >> 27 & 31)]
                     #@end
-                    b = a[a[_W_HEADS] + (fl << 4) + sl]
+                    li = (fl << 4) + (sl & 15)  # 16 lists: a stray bit stays in them
+                    b = a[a[_W_HEADS] + li]
             if b == 0:
                 b = int(owner._first_fit(need))
                 if b == 0:
                     a[_W_FAILS] = a[_W_FAILS] + 1
                     return owner._oom()
+                #@use class_of(li, need)
+                if need < (16 << gs):
+                    li = need >> gs
+                else:
+                    fl_x = need
+                    fl_x |= fl_x >> 1
+                    fl_x |= fl_x >> 2
+                    fl_x |= fl_x >> 4
+                    fl_x |= fl_x >> 8
+                    fl_x |= fl_x >> 16
+                    fl_x ^= fl_x >> 1
+                    co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                    li = ((co_t - gs - 3) << 4) | ((need >> (co_t - 4)) & 15)
+                #@end
             #@use check_link(b, b)
             if b:
-                if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & ((1 << gs) - 1):
+                if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             #@end
             #@use free_size(size, b)
             fs_h = a[b >> 2]
             size = fs_h & _SIZE_MASK
-            if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or size < 16 or size & ((1 << gs) - 1):
+            if (fs_h & a[_W_FREEMASK]) != 1 or size < 16:  # FREE, kind 0, granule-aligned
                 owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
             if b + size > a[_W_END] or a[((b + size) >> 2) - 1] != size:
                 owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
@@ -348,64 +312,37 @@ def _binder():
                     hc_li = (size - need) >> gs
                 else:
                     fl_x = (size - need)
-                    co_t = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        co_t += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        co_t += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        co_t += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        co_t += 2
-                    if fl_x >= 0x2:
-                        co_t += 1
+                    fl_x |= fl_x >> 1
+                    fl_x |= fl_x >> 2
+                    fl_x |= fl_x >> 4
+                    fl_x |= fl_x >> 8
+                    fl_x |= fl_x >> 16
+                    fl_x ^= fl_x >> 1
+                    co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
                     hc_li = ((co_t - gs - 3) << 4) | (((size - need) >> (co_t - 4)) & 15)
                 hc_head = a[a[_W_HEADS] + hc_li]
                 if hc_head:
-                    if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
+                    if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
                         owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
                 #@end
-            #@use unlink(b, size)
+            #@use unlink_from(b, li)
+            # unlink when b's list is known (kmalloc took b from list li).
             ul_nxt = a[(b >> 2) + 1]
             ul_prv = a[(b >> 2) + 2]
             if ul_nxt:
-                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             if ul_prv:
-                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if size < (16 << gs):
-                ul_li = size >> gs
-            else:
-                fl_x = size
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
-                ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-            ul_head = a[_W_HEADS] + ul_li
-            if ul_prv:
-                if a[(ul_prv >> 2) + 1] != b:
-                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-            elif a[ul_head] != b:
+            if ul_prv and a[(ul_prv >> 2) + 1] != b:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            ul_head = a[_W_HEADS] + li
+            if ul_prv == 0 and a[ul_head] != b:
+                owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+            # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
             if ul_nxt:
                 a[(ul_nxt >> 2) + 2] = ul_prv
             if ul_prv:
@@ -413,8 +350,8 @@ def _binder():
             else:
                 a[ul_head] = ul_nxt
                 if ul_nxt == 0:
-                    ul_fl = ul_li >> 4
-                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                    ul_fl = li >> 4
+                    ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (li & 15))
                     a[_W_SLMAP + ul_fl] = ul_map
                     if ul_map == 0:
                         a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
@@ -429,7 +366,7 @@ def _binder():
                 ln_head = a[_W_HEADS] + hc_li
                 ln_nxt = a[ln_head]
                 if ln_nxt:
-                    if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+                    if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
                 a[(r >> 2) + 1] = ln_nxt
                 a[(r >> 2) + 2] = 0
@@ -488,8 +425,9 @@ def _binder():
             if a[_W_FLAGS] & FLAG_DEBUG:
                 owner._debug_free(ptr)
             gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
             p = q - a[_W_BASE]
-            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
+            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 owner._bad_free(ptr, -1)
             bit = p >> gs
             w = a[_W_LIVEMAP] + (bit >> 5)
@@ -499,7 +437,7 @@ def _binder():
             #@use live_size(size, b)
             ls_h = a[b >> 2]
             size = ls_h & _SIZE_MASK
-            if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+            if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
                 owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
             if b + size > a[_W_END]:
                 owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
@@ -517,7 +455,7 @@ def _binder():
                 #@use free_size(nsize, nb)
                 fs_h = a[nb >> 2]
                 nsize = fs_h & _SIZE_MASK
-                if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+                if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
                     owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
                 if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
@@ -525,12 +463,12 @@ def _binder():
             psize = 0
             if a[b >> 2] & _PREV_FREE:
                 psize = a[(b >> 2) - 1]
-                if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
+                if psize < MIN_BLOCK or psize & gm or b - psize < a[_W_FIRST]:
                     owner._corrupt(a[_W_BASE] + b, _BAD_TAG)
                 #@use free_size(pchk, b - psize)
                 fs_h = a[(b - psize) >> 2]
                 pchk = fs_h & _SIZE_MASK
-                if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
+                if (fs_h & a[_W_FREEMASK]) != 1 or pchk < 16:  # FREE, kind 0, granule-aligned
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
                 if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
@@ -543,107 +481,86 @@ def _binder():
             # again: the first may have changed what it reads).
             if psize:
                 #@use unlink_check(b - psize, psize, ck_nxt, ck_prv, ck_li, ck_head)
+                # The class (and so the list head) matters only when (b - psize) heads its list.
                 ck_nxt = a[((b - psize) >> 2) + 1]
                 ck_prv = a[((b - psize) >> 2) + 2]
                 if ck_nxt:
-                    if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & ((1 << gs) - 1):
+                    if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
                 if ck_prv:
-                    if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & ((1 << gs) - 1):
+                    if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
                 if ck_nxt and a[(ck_nxt >> 2) + 2] != (b - psize):
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-                if psize < (16 << gs):
-                    ck_li = psize >> gs
-                else:
-                    fl_x = psize
-                    co_t = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        co_t += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        co_t += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        co_t += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        co_t += 2
-                    if fl_x >= 0x2:
-                        co_t += 1
-                    ck_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
-                ck_head = a[_W_HEADS] + ck_li
-                if ck_prv:
-                    if a[(ck_prv >> 2) + 1] != (b - psize):
-                        owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-                elif a[ck_head] != (b - psize):
+                if ck_prv and a[(ck_prv >> 2) + 1] != (b - psize):
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
+                if ck_prv == 0:
+                    if psize < (16 << gs):
+                        ck_li = psize >> gs
+                    else:
+                        fl_x = psize
+                        fl_x |= fl_x >> 1
+                        fl_x |= fl_x >> 2
+                        fl_x |= fl_x >> 4
+                        fl_x |= fl_x >> 8
+                        fl_x |= fl_x >> 16
+                        fl_x ^= fl_x >> 1
+                        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                        ck_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
+                    ck_head = a[_W_HEADS] + ck_li
+                    if a[ck_head] != (b - psize):
+                        owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
                 #@end
             #@use head_check(size + nsize + psize)
             if (size + nsize + psize) < (16 << gs):
                 hc_li = (size + nsize + psize) >> gs
             else:
                 fl_x = (size + nsize + psize)
-                co_t = 0
-                if fl_x >= 0x10000:
-                    fl_x >>= 16
-                    co_t += 16
-                if fl_x >= 0x100:
-                    fl_x >>= 8
-                    co_t += 8
-                if fl_x >= 0x10:
-                    fl_x >>= 4
-                    co_t += 4
-                if fl_x >= 0x4:
-                    fl_x >>= 2
-                    co_t += 2
-                if fl_x >= 0x2:
-                    co_t += 1
+                fl_x |= fl_x >> 1
+                fl_x |= fl_x >> 2
+                fl_x |= fl_x >> 4
+                fl_x |= fl_x >> 8
+                fl_x |= fl_x >> 16
+                fl_x ^= fl_x >> 1
+                co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
                 hc_li = ((co_t - gs - 3) << 4) | (((size + nsize + psize) >> (co_t - 4)) & 15)
             hc_head = a[a[_W_HEADS] + hc_li]
             if hc_head:
-                if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & ((1 << gs) - 1):
+                if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
                     owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
             #@end
             if nsize:
                 #@use unlink(nb, nsize)
+                # The class (and so the list head) matters only when nb heads its list.
                 ul_nxt = a[(nb >> 2) + 1]
                 ul_prv = a[(nb >> 2) + 2]
                 if ul_nxt:
-                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_prv:
-                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                if nsize < (16 << gs):
-                    ul_li = nsize >> gs
-                else:
-                    fl_x = nsize
-                    co_t = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        co_t += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        co_t += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        co_t += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        co_t += 2
-                    if fl_x >= 0x2:
-                        co_t += 1
-                    ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
-                ul_head = a[_W_HEADS] + ul_li
-                if ul_prv:
-                    if a[(ul_prv >> 2) + 1] != nb:
-                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                elif a[ul_head] != nb:
+                if ul_prv and a[(ul_prv >> 2) + 1] != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_prv == 0:
+                    if nsize < (16 << gs):
+                        ul_li = nsize >> gs
+                    else:
+                        fl_x = nsize
+                        fl_x |= fl_x >> 1
+                        fl_x |= fl_x >> 2
+                        fl_x |= fl_x >> 4
+                        fl_x |= fl_x >> 8
+                        fl_x |= fl_x >> 16
+                        fl_x ^= fl_x >> 1
+                        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                        ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
+                    ul_head = a[_W_HEADS] + ul_li
+                    if a[ul_head] != nb:
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
                 if ul_nxt:
                     a[(ul_nxt >> 2) + 2] = ul_prv
                 if ul_prv:
@@ -662,42 +579,36 @@ def _binder():
             if psize:
                 b -= psize
                 #@use unlink(b, psize)
+                # The class (and so the list head) matters only when b heads its list.
                 ul_nxt = a[(b >> 2) + 1]
                 ul_prv = a[(b >> 2) + 2]
                 if ul_nxt:
-                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
                 if ul_prv:
-                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
                 if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-                if psize < (16 << gs):
-                    ul_li = psize >> gs
-                else:
-                    fl_x = psize
-                    co_t = 0
-                    if fl_x >= 0x10000:
-                        fl_x >>= 16
-                        co_t += 16
-                    if fl_x >= 0x100:
-                        fl_x >>= 8
-                        co_t += 8
-                    if fl_x >= 0x10:
-                        fl_x >>= 4
-                        co_t += 4
-                    if fl_x >= 0x4:
-                        fl_x >>= 2
-                        co_t += 2
-                    if fl_x >= 0x2:
-                        co_t += 1
-                    ul_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
-                ul_head = a[_W_HEADS] + ul_li
-                if ul_prv:
-                    if a[(ul_prv >> 2) + 1] != b:
-                        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-                elif a[ul_head] != b:
+                if ul_prv and a[(ul_prv >> 2) + 1] != b:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                if ul_prv == 0:
+                    if psize < (16 << gs):
+                        ul_li = psize >> gs
+                    else:
+                        fl_x = psize
+                        fl_x |= fl_x >> 1
+                        fl_x |= fl_x >> 2
+                        fl_x |= fl_x >> 4
+                        fl_x |= fl_x >> 8
+                        fl_x |= fl_x >> 16
+                        fl_x ^= fl_x >> 1
+                        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                        ul_li = ((co_t - gs - 3) << 4) | ((psize >> (co_t - 4)) & 15)
+                    ul_head = a[_W_HEADS] + ul_li
+                    if a[ul_head] != b:
+                        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
                 if ul_nxt:
                     a[(ul_nxt >> 2) + 2] = ul_prv
                 if ul_prv:
@@ -725,7 +636,7 @@ def _binder():
             ln_head = a[_W_HEADS] + hc_li
             ln_nxt = a[ln_head]
             if ln_nxt:
-                if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+                if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             a[(b >> 2) + 1] = ln_nxt
             a[(b >> 2) + 2] = 0
@@ -755,8 +666,9 @@ def _binder():
             if q == 0:
                 return 0
             gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
             p = q - a[_W_BASE]
-            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & ((1 << gs) - 1):
+            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 return int(owner._ksize_slow(ptr))
             bit = p >> gs
             if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
@@ -764,7 +676,7 @@ def _binder():
             #@use live_size(size, p - HEADER)
             ls_h = a[(p - HEADER) >> 2]
             size = ls_h & _SIZE_MASK
-            if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+            if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
                 owner._corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
             if (p - HEADER) + size > a[_W_END]:
                 owner._corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
@@ -821,6 +733,7 @@ def _binder():
                 return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
             p = q - a[_W_BASE]
             start = int(containing_at(ad, p))
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
@@ -861,6 +774,7 @@ def _binder():
                 return owner._memcpy_checked(dst, src, nbytes)
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
             s = qs - a[_W_BASE]
             start = int(containing_at(ad, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:

@@ -17,8 +17,10 @@
 #   [7] FREES  [8] FAILS  [9] GSHIFT  [10] FIRST  [11] END  [12] FLCOUNT
 #   [13] LIVEMAP (word index)  [14] HEADS (word index)  [15] BASE (kernel address of
 #   offset 0)  [16] FLAGS (bit 0: debug messages on)  [17..21] BOX, BOXHI, BOXTOP, ZERO,
-#   NONE: where hot.py's paths find their box cell (see hot.py)
-#   [22 .. 22+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
+#   NONE: where hot.py's paths find their box cell (see hot.py)  [22] FREEMASK, [23]
+#   LIVEMASK: the header bits checked in a free and in a live block  [24..31] CTZ: the
+#   de Bruijn table of the ctz and fls helpers (blocks/tlsf.blocks)
+#   [32 .. 32+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
 #   [HEADS .. +FLCOUNT*16)   HEADS[fl*16+sl]: first free block of each class
 #   [LIVEMAP ..)             one bit per granule: set at each live payload
 #   FIRST ..                 blocks, then a 4-byte epilogue header at END
@@ -88,7 +90,10 @@ _W_BOXHI = const(18)  # and high 32 bits (0 on a 32-bit port)
 _W_BOXTOP = const(19)  # offset from it to a word that is 0 for a small int (64-bit: its top)
 _W_ZERO = const(20)  # always 0 (_W_BOXTOP's word on a 32-bit port)
 _W_NONE = const(21)  # the object word of None
-_W_SLMAP = const(22)
+_W_FREEMASK = const(22)  # header bits that must read 1 (FREE) for a free block: 0xF0000007|gm
+_W_LIVEMASK = const(23)  # header bits that must be 0 in a live block: 0xC0000005|gm&~7
+_W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
+_W_SLMAP = const(32)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 
@@ -105,6 +110,7 @@ _BAD_FREE = const(1)
 _BAD_HEADER = const(2)
 _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
+_BAD_MAP = const(5)
 #@end
 
 # ---- bit helpers -----------------------------------------------------------
@@ -137,6 +143,7 @@ def _class_of(arena, size: int) -> int:
     # List index fl*16 + sl of the class holding blocks of this size.
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     if size < (16 << gs):
         return size >> gs
     t = int(_fls(size))
@@ -147,31 +154,24 @@ def _class_of(arena, size: int) -> int:
 def _insert_free(arena, b: int, size: int):
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     #@use link(b, size)
     if size < (16 << gs):
         ln_li = size >> gs
     else:
         fl_x = size
-        co_t = 0
-        if fl_x >= 0x10000:
-            fl_x >>= 16
-            co_t += 16
-        if fl_x >= 0x100:
-            fl_x >>= 8
-            co_t += 8
-        if fl_x >= 0x10:
-            fl_x >>= 4
-            co_t += 4
-        if fl_x >= 0x4:
-            fl_x >>= 2
-            co_t += 2
-        if fl_x >= 0x2:
-            co_t += 1
+        fl_x |= fl_x >> 1
+        fl_x |= fl_x >> 2
+        fl_x |= fl_x >> 4
+        fl_x |= fl_x >> 8
+        fl_x |= fl_x >> 16
+        fl_x ^= fl_x >> 1
+        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
         ln_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
     ln_head = a[_W_HEADS] + ln_li
     ln_nxt = a[ln_head]
     if ln_nxt:
-        if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & ((1 << gs) - 1):
+        if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
             owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     a[(b >> 2) + 1] = ln_nxt
     a[(b >> 2) + 2] = 0
@@ -189,43 +189,38 @@ def _insert_free(arena, b: int, size: int):
 def _remove_free(arena, b: int, size: int):
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     #@use unlink(b, size)
+    # The class (and so the list head) matters only when b heads its list.
     ul_nxt = a[(b >> 2) + 1]
     ul_prv = a[(b >> 2) + 2]
     if ul_nxt:
-        if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & ((1 << gs) - 1):
+        if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
             owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if ul_prv:
-        if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & ((1 << gs) - 1):
+        if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
             owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
     if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    if size < (16 << gs):
-        ul_li = size >> gs
-    else:
-        fl_x = size
-        co_t = 0
-        if fl_x >= 0x10000:
-            fl_x >>= 16
-            co_t += 16
-        if fl_x >= 0x100:
-            fl_x >>= 8
-            co_t += 8
-        if fl_x >= 0x10:
-            fl_x >>= 4
-            co_t += 4
-        if fl_x >= 0x4:
-            fl_x >>= 2
-            co_t += 2
-        if fl_x >= 0x2:
-            co_t += 1
-        ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-    ul_head = a[_W_HEADS] + ul_li
-    if ul_prv:
-        if a[(ul_prv >> 2) + 1] != b:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    elif a[ul_head] != b:
+    if ul_prv and a[(ul_prv >> 2) + 1] != b:
         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+    if ul_prv == 0:
+        if size < (16 << gs):
+            ul_li = size >> gs
+        else:
+            fl_x = size
+            fl_x |= fl_x >> 1
+            fl_x |= fl_x >> 2
+            fl_x |= fl_x >> 4
+            fl_x |= fl_x >> 8
+            fl_x |= fl_x >> 16
+            fl_x ^= fl_x >> 1
+            co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+            ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
+        ul_head = a[_W_HEADS] + ul_li
+        if a[ul_head] != b:
+            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+    # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
     if ul_nxt:
         a[(ul_nxt >> 2) + 2] = ul_prv
     if ul_prv:
@@ -251,7 +246,8 @@ def live_block(arena, p: int) -> int:
     if p < a[_W_FIRST] + HEADER or p >= a[_W_END]:
         return -1
     gs = a[_W_GSHIFT]
-    if p & ((1 << gs) - 1):
+    gm = (1 << gs) - 1
+    if p & gm:
         return -1
     bit = p >> gs
     if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
@@ -283,13 +279,14 @@ def _release(arena, b: int, size: int):
     # before it is trusted, as in kfree).
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     nb = b + size
     nh = a[nb >> 2]
     if nh & _FREE:
         #@use free_size(nsize, nb)
         fs_h = a[nb >> 2]
         nsize = fs_h & _SIZE_MASK
-        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+        if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
             owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
             owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
@@ -298,12 +295,12 @@ def _release(arena, b: int, size: int):
         size += nsize
     if a[b >> 2] & _PREV_FREE:
         psize = a[(b >> 2) - 1]
-        if psize < MIN_BLOCK or psize & ((1 << gs) - 1) or b - psize < a[_W_FIRST]:
+        if psize < MIN_BLOCK or psize & gm or b - psize < a[_W_FIRST]:
             _corrupt(a[_W_BASE] + b, _BAD_TAG)
         #@use free_size(pchk, b - psize)
         fs_h = a[(b - psize) >> 2]
         pchk = fs_h & _SIZE_MASK
-        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or pchk < 16 or pchk & ((1 << gs) - 1):
+        if (fs_h & a[_W_FREEMASK]) != 1 or pchk < 16:  # FREE, kind 0, granule-aligned
             owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
         if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
             owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
@@ -348,6 +345,7 @@ def realloc(arena, p: int, n: int) -> int:
     # -1 / -2 as free(). Never changes anything when it returns <= 0.
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     b = int(_owned_block(arena, p, KIND_PLAIN))
     if b < 0:
         return b
@@ -355,7 +353,7 @@ def realloc(arena, p: int, n: int) -> int:
     #@use live_size(size, b)
     ls_h = a[b >> 2]
     size = ls_h & _SIZE_MASK
-    if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+    if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
         owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     if b + size > a[_W_END]:
         owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
@@ -369,7 +367,7 @@ def realloc(arena, p: int, n: int) -> int:
         #@use free_size(nsize, nb)
         fs_h = a[nb >> 2]
         nsize = fs_h & _SIZE_MASK
-        if (fs_h & 7) != 1 or (fs_h >> 28) & 15 or nsize < 16 or nsize & ((1 << gs) - 1):
+        if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
             owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
         if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
             owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
@@ -397,13 +395,14 @@ def usable(arena, p: int) -> int:
     # Usable bytes of the live block at payload p, or -1; a damaged header raises.
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
+    gm = (1 << gs) - 1
     b = int(live_block(arena, p))
     if b < 0:
         return -1
     #@use live_size(size, b)
     ls_h = a[b >> 2]
     size = ls_h & _SIZE_MASK
-    if ls_h & 5 or (ls_h >> 30) & 3 or size < 16 or size & ((1 << gs) - 1):
+    if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
         owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
     if b + size > a[_W_END]:
         owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
@@ -466,6 +465,24 @@ def move(a: ptr8, dst: int, src: int, n: int):
 
 # ---- set-up and introspection (not hot) ---------------------------------------
 
+def _derived_words(arena, g):
+    # The control words that follow from the granule and from this MicroPython: where the
+    # hot paths find their box cell (hot.py), and the header bits they check.
+    return tuple(zip((_W_BOX, _W_BOXHI, _W_BOXTOP, _W_NONE),
+                     box_words(uctypes.addressof(arena)))) + (
+        (_W_FREEMASK, 0xF0000007 | (g - 1)),  # FREE, no PREV_FREE or kind, G-aligned size
+        (_W_LIVEMASK, 0xC0000005 | ((g - 1) & ~7)),  # PREV_FREE and the kind may be set
+    )
+
+
+def _ctz_table():
+    # The de Bruijn table of the ctz and fls block helpers.
+    table = bytearray(32)
+    for i in range(32):
+        table[((0x077CB531 << i) & 0xFFFFFFFF) >> 27] = i
+    return table
+
+
 def format(arena, gshift, base):
     """Lay out an empty heap in arena: control words, then one free block."""
     size = len(arena)
@@ -487,9 +504,9 @@ def format(arena, gshift, base):
     )
     for index, value in words:
         store32(arena, index * 4, value)
-    for index, value in zip((_W_BOX, _W_BOXHI, _W_BOXTOP, _W_NONE),
-                            box_words(uctypes.addressof(arena))):
+    for index, value in _derived_words(arena, g):
         store32(arena, index * 4, value)
+    arena[_W_CTZ * 4:_W_CTZ * 4 + 32] = _ctz_table()
     store32(arena, end, 0)  # epilogue: size 0, used
     store32(arena, first, MIN_BLOCK)  # used-looking, so _release can free it
     _release(arena, first, end - first)
@@ -549,6 +566,11 @@ def check(arena, base):
     g = 1 << gshift
     if end > len(arena) - HEADER or first >= end or (first + HEADER) % g:
         raise CorruptionError("arena control block overwritten (bad bounds)")
+    for index, value in _derived_words(arena, g):
+        if word(index) != value:
+            raise CorruptionError("arena control block overwritten (word %d)" % index)
+    if arena[_W_CTZ * 4:_W_CTZ * 4 + 32] != _ctz_table():
+        raise CorruptionError("arena control block overwritten (ctz table)")
 
     used = live = nfree = 0
     prev_free = False
