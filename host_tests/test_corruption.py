@@ -82,6 +82,21 @@ kfree(q)
     assert err is not None and err.endswith("header overwritten")
 
 
+def test_krealloc_checks_the_free_neighbour_it_would_grow_into(target):
+    err, size, live = target.eval("(err, ksize(p), stats()['live_blocks'])", setup=POKE + """
+p = kmalloc(24); q = kmalloc(24); r = kmalloc(24)
+kfree(q)                           # p's next block is free...
+poke32(p, q - p - 4, 0x00000F01)   # ...but its header now claims 0xF00 bytes
+err = None
+try:
+    krealloc(p, 40)                # would grow into it
+except CorruptionError as e:
+    err = str(e)
+""")
+    assert err is not None and err.endswith("free block header or boundary tag overwritten")
+    assert (size, live) == (28, 2)  # p untouched
+
+
 def test_a_damaged_control_word_is_reported_by_check(target):
     # The hot paths trust the control words (check() verifies them): the box cell's
     # address, the header masks, the de Bruijn table.

@@ -30,7 +30,7 @@ def init(size=32768, base=None, align=4):
     check_heap_args(size, base, align)  # bad arguments keep the old heap
     # Let the old arena be collected before the new one is made; the hot paths must not
     # point at it meanwhile (with no arena, their next call asks heap() for one).
-    _retarget(heap, 0)
+    _retarget(_FirstUse(), 0)
     _heap = None
     h = Heap(size, base, align)
     _retarget(h, h._addr)  # before heap() can hand it out
@@ -43,19 +43,19 @@ def heap():
     return _heap or init()
 
 
-# The API on the default heap; see Heap for each function's contract. kmalloc, kfree and
-# ksize (and kzalloc, memset, memcpy) are the default heap's viper hot paths themselves
-# (init() retargets them).
-kmalloc, kfree, ksize, kzalloc, memset, memcpy, _retarget = _bind(heap, 0)
+# The API on the default heap; see Heap for each function's contract. kmalloc, kfree,
+# ksize, kzalloc, kcalloc, krealloc, memset and memcpy are the default heap's viper hot
+# paths themselves (init() retargets them).
+class _FirstUse:
+    # The default heap's hot paths before it exists: their first call makes it.
+    _addr = 0
+
+    def __call__(self):
+        return heap()
 
 
-
-def kcalloc(n, size):
-    return heap().kcalloc(n, size)
-
-
-def krealloc(ptr, size):
-    return heap().krealloc(ptr, size)
+(kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset, memcpy,
+ _retarget) = _bind(_FirstUse(), 0)
 
 
 def allocate_kernel_stack(size):

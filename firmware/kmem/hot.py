@@ -196,8 +196,8 @@ def _binder():
         box = x
 
     def bind(heap, addr):
-        """(kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget) over the arena at raw
-        address addr, owned by heap.
+        """(kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset, memcpy, retarget) over
+        the arena at raw address addr, owned by heap.
         retarget(heap, addr) points them at another arena (addr 0: none yet; the first
         call then asks heap() for one)."""
 
@@ -705,6 +705,192 @@ def _binder():
             return p
 
         @micropython.viper
+        def kcalloc(count, nbytes) -> object:
+            nonlocal box
+            ad = int(owner._addr)  # no addr cell: with kzalloc, owner and box, 5 in all
+            if ad == 0:  # the default heap, before its first use
+                owner()
+                ad = int(owner._addr)
+            a = ptr32(ad)
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            box = count  # both object words, as in kmalloc
+            w = ptr32(bx)[0]
+            big = ptr32(bx + a[_W_BOXTOP])[0]
+            box = nbytes
+            v = ptr32(bx)[0]
+            big |= ptr32(bx + a[_W_BOXTOP])[0]
+            if (w & 1) == 0 or (v & 1) == 0 or big or ((w | v) >> 16):
+                return owner._kcalloc_slow(count, nbytes)  # not both small ints < 2**15
+            return kzalloc((w >> 1) * (v >> 1))  # < 2**30: no overflow, no big int
+
+        @micropython.viper
+        def krealloc(ptr, nbytes) -> object:
+            nonlocal box
+            ad = int(addr)
+            if ad == 0:  # the default heap, before its first use
+                owner()
+                ad = int(addr)
+            a = ptr32(ad)
+            bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            box = nbytes  # both object words, as in kmalloc
+            w = ptr32(bx)[0]
+            big = ptr32(bx + a[_W_BOXTOP])[0]
+            box = ptr
+            v = ptr32(bx)[0]
+            big |= ptr32(bx + a[_W_BOXTOP])[0]
+            if (w & 1) == 0 or (w >> 29) or (v & 1) == 0 or v < 0 or big or w == 1 or v == 1:
+                # NULL, a size of 0, a big int or an error: the slow path does it, or says
+                # to go on (a live block, a size it may fit)
+                done = owner._krealloc_slow(ptr, nbytes)
+                if done is not owner:
+                    return done
+                q = int(ptr)
+                n = int(nbytes)
+            else:
+                q = v >> 1
+                n = w >> 1
+            gs = a[_W_GSHIFT]
+            gm = (1 << gs) - 1
+            p = q - a[_W_BASE]
+            if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
+                return owner._krealloc_bad(ptr)  # ValueError
+            bit = p >> gs
+            if (a[a[_W_LIVEMAP] + (bit >> 5)] >> (bit & 31)) & 1 == 0:
+                return owner._krealloc_bad(ptr)
+            b = p - HEADER
+            #@use live_size(size, b)
+            ls_h = a[b >> 2]
+            size = ls_h & _SIZE_MASK
+            if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
+                owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
+            if b + size > a[_W_END]:
+                owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
+            #@end
+            hdr = a[b >> 2]
+            if (hdr >> _KIND_SHIFT) & 3:
+                return owner._krealloc_bad(ptr)  # a stack, an mm_struct...: ValueError
+            need = (n + HEADER + gm) & (-1 << gs)
+            if need < MIN_BLOCK:
+                need = MIN_BLOCK
+            # In place: take in the next block when it is free, then split off what is left
+            # over. Every check runs before the first write.
+            nb = b + size
+            nh = a[nb >> 2]
+            if nh & _PREV_FREE:
+                owner._corrupt(a[_W_BASE] + nb, _BAD_NEXT)
+            nsize = 0
+            if nh & _FREE:
+                #@use free_size(nsize, nb)
+                fs_h = a[nb >> 2]
+                nsize = fs_h & _SIZE_MASK
+                if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
+                if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
+                #@end
+            if need > size + nsize:
+                return owner._krealloc_move(ptr, nbytes)  # nothing has changed
+            rest = size + nsize - need
+            if rest >= MIN_BLOCK:
+                #@use head_check(rest)
+                if rest < (16 << gs):
+                    hc_li = rest >> gs
+                else:
+                    fl_x = rest
+                    fl_x |= fl_x >> 1
+                    fl_x |= fl_x >> 2
+                    fl_x |= fl_x >> 4
+                    fl_x |= fl_x >> 8
+                    fl_x |= fl_x >> 16
+                    fl_x ^= fl_x >> 1
+                    co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                    hc_li = ((co_t - gs - 3) << 4) | ((rest >> (co_t - 4)) & 15)
+                hc_head = a[a[_W_HEADS] + hc_li]
+                if hc_head:
+                    if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
+                        owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                #@end
+            elif nsize == 0:
+                return ptr  # it fits, and too little would be left to split off
+            if nsize:
+                #@use unlink(nb, nsize)
+                # The class (and so the list head) matters only when nb heads its list.
+                ul_nxt = a[(nb >> 2) + 1]
+                ul_prv = a[(nb >> 2) + 2]
+                if ul_nxt:
+                    if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_prv:
+                    if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_prv and a[(ul_prv >> 2) + 1] != nb:
+                    owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                if ul_prv == 0:
+                    if nsize < (16 << gs):
+                        ul_li = nsize >> gs
+                    else:
+                        fl_x = nsize
+                        fl_x |= fl_x >> 1
+                        fl_x |= fl_x >> 2
+                        fl_x |= fl_x >> 4
+                        fl_x |= fl_x >> 8
+                        fl_x |= fl_x >> 16
+                        fl_x ^= fl_x >> 1
+                        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
+                        ul_li = ((co_t - gs - 3) << 4) | ((nsize >> (co_t - 4)) & 15)
+                    ul_head = a[_W_HEADS] + ul_li
+                    if a[ul_head] != nb:
+                        owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
+                # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
+                if ul_nxt:
+                    a[(ul_nxt >> 2) + 2] = ul_prv
+                if ul_prv:
+                    a[(ul_prv >> 2) + 1] = ul_nxt
+                else:
+                    a[ul_head] = ul_nxt
+                    if ul_nxt == 0:
+                        ul_fl = ul_li >> 4
+                        ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
+                        a[_W_SLMAP + ul_fl] = ul_map
+                        if ul_map == 0:
+                            a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
+                a[_W_NFREE] = a[_W_NFREE] - 1
+                #@end
+            if rest >= MIN_BLOCK:
+                r = b + need
+                a[r >> 2] = rest | _FREE
+                a[((r + rest) >> 2) - 1] = rest
+                a[(r + rest) >> 2] = a[(r + rest) >> 2] | _PREV_FREE
+                #@use link_in(r, hc_li)
+                ln_head = a[_W_HEADS] + hc_li
+                ln_nxt = a[ln_head]
+                if ln_nxt:
+                    if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
+                        owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
+                a[(r >> 2) + 1] = ln_nxt
+                a[(r >> 2) + 2] = 0
+                if ln_nxt:
+                    a[(ln_nxt >> 2) + 2] = r
+                a[ln_head] = r
+                ln_fl = hc_li >> 4
+                a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
+                a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
+                a[_W_NFREE] = a[_W_NFREE] + 1
+                #@end
+                grown = need
+            else:
+                a[(b + size + nsize) >> 2] = a[(b + size + nsize) >> 2] & ~_PREV_FREE
+                grown = size + nsize
+            a[b >> 2] = grown | (hdr & _PREV_FREE)
+            used = a[_W_USED] + grown - size
+            a[_W_USED] = used
+            if used > a[_W_PEAK]:
+                a[_W_PEAK] = used
+            return ptr
+
+        @micropython.viper
         def memset(ptr, value, nbytes) -> object:
             global _ret  # not the box cell: over 5 cells and arguments, a closure call allocates
             ad = int(addr)
@@ -801,7 +987,7 @@ def _binder():
             owner, addr = new_owner, new_addr
 
         owner = heap
-        return kmalloc, kfree, ksize, kzalloc, memset, memcpy, retarget
+        return kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset, memcpy, retarget
 
     return bind, put_in_box
 

@@ -51,12 +51,16 @@ def check_heap_args(size, base, align):
 class Heap:
     """A TLSF heap over its own bytearray arena. Addresses are base + offset.
 
-    kmalloc, kfree, ksize, kzalloc, memset and memcpy are the viper hot paths of
-    tlsf.bind(), kept as instance attributes (no method layer between the caller and the
-    body): kmalloc(size) gives the address of a new block of >= size bytes, or None when
-    none fits; kfree(ptr) frees a kmalloc block (NULL is a no-op; anything else raises
-    ValueError); ksize(ptr) gives the usable bytes of a block (>= what was asked for; 0
-    for NULL); kzalloc(size) is kmalloc with the block zeroed; memset(ptr, value, n) fills
+    kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset and memcpy are the viper hot
+    paths of tlsf.bind(), kept as instance attributes (no method layer between the caller
+    and the body): kmalloc(size) gives the address of a new block of >= size bytes, or
+    None when none fits; kfree(ptr) frees a kmalloc block (NULL is a no-op; anything else
+    raises ValueError); ksize(ptr) gives the usable bytes of a block (>= what was asked
+    for; 0 for NULL); kzalloc(size) is kmalloc with the block zeroed; kcalloc(n, size) a
+    zeroed array of n elements of size bytes, or None (n * size cannot wrap as C's size_t
+    can: a product too big for the arena simply fails); krealloc(ptr, size) resizes a
+    block, in place when it can, with C realloc semantics (NULL: kmalloc; size 0: kfree
+    and None; None when it cannot grow, the block untouched); memset(ptr, value, n) fills
     n bytes with value (0..255) and memcpy(dst, src, n) copies n bytes (overlap-safe, like
     memmove), each range inside one live block."""
 
@@ -70,8 +74,8 @@ class Heap:
                 base = _UNIX_BASE
         tlsf.format(arena, 4 if granule == 16 else 3, base)
         self._addr = uctypes.addressof(arena)  # raw buffer address, for the hot paths
-        (self.kmalloc, self.kfree, self.ksize, self.kzalloc, self.memset, self.memcpy,
-         _) = tlsf.bind(self, self._addr)
+        (self.kmalloc, self.kfree, self.ksize, self.kzalloc, self.kcalloc, self.krealloc,
+         self.memset, self.memcpy, _) = tlsf.bind(self, self._addr)
         self.arena = arena
         self.base = base
         self.size = size
@@ -229,36 +233,41 @@ class Heap:
             raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
         return n
 
-    def kcalloc(self, n, size):
-        """A zeroed array of n elements of size bytes, or None.
-
-        n * size cannot wrap as C's size_t can: a product too big for the
-        arena simply fails like any other request."""
+    def _kcalloc_slow(self, n, size):
+        # kcalloc of anything but two small ints below 2**15. n * size cannot wrap as C's
+        # size_t can: a product too big for the arena simply fails like any other request.
         _need_size(n, "n")
         _need_size(size)
         if size and n > self.size // size:  # fails without making a big int of n * size
             return self._kmalloc_slow(self.size)
         return self.kzalloc(n * size)
 
-    def krealloc(self, ptr, size):
-        """Resize a block, in place when possible; C realloc semantics."""
+    def _krealloc_slow(self, ptr, size):
+        # krealloc of NULL, to size 0, of a big int, or with a bad argument (C realloc
+        # semantics); self: a live kmalloc block and a size it may fit, the hot path goes on.
         if _is_null(ptr):
             return self.kmalloc(size)
         _need_size(size)
-        off = self._offset(ptr, "krealloc")
+        self._offset(ptr, "krealloc")  # TypeError for a non-int
+        self._expect(ptr, KIND_PLAIN, "krealloc")
         if size == 0:
-            self._expect(ptr, KIND_PLAIN, "krealloc")
             self.kfree(ptr)
             return None
-        code = tlsf.realloc(self.arena, off, min(size, self.size)) if off >= 0 else -1
-        if code > 0:
-            return ptr
-        if code < 0:
-            raise self._bad_pointer(ptr, "krealloc", code)
-        new = self._alloc(size, KIND_PLAIN)
+        if size >= self.size:
+            return self.kmalloc(size)  # fails (and is counted) as any request that big
+        return self
+
+    def _krealloc_bad(self, ptr):
+        self._expect(ptr, KIND_PLAIN, "krealloc")
+        raise self._bad_pointer(ptr, "krealloc", -1)
+
+    def _krealloc_move(self, ptr, size):
+        # The block cannot grow in place: a new one, the bytes, the old one freed (each hot
+        # path prints its own debug line).
+        new = self.kmalloc(size)
         if new is not None:
-            keep = min(size, tlsf.usable(self.arena, off))
-            tlsf.move(self.arena, new - self.base, off, keep)
+            off = ptr - self.base
+            tlsf.move(self.arena, new - self.base, off, min(size, tlsf.usable(self.arena, off)))
             self.kfree(ptr)
         return new
 

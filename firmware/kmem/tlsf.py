@@ -2,10 +2,10 @@
 #
 # The arena is the whole state: control words, free-list heads, bitmaps and
 # blocks all live in it; no Python object exists per block. This module lays
-# the arena out (format), resizes in place (realloc) and checks it (check); the
-# hot paths (kmalloc, kfree, ksize, kzalloc, memset, memcpy) are in hot.py. All
-# are viper functions doing integer work on a ptr32 view of the arena, so they
-# allocate nothing; the block helpers both share come from blocks/tlsf.blocks.
+# the arena out (format) and checks it (check); the hot paths (kmalloc, kfree,
+# ksize, kzalloc, kcalloc, krealloc, memset, memcpy) are in hot.py. Both do their
+# integer work in viper functions on a ptr32 view of the arena, so they allocate
+# nothing; the block helpers both share come from blocks/tlsf.blocks.
 #
 # Offsets are bytes from the start of the arena; a kernel address is
 # base + offset. G (the granule) is 8 or 16 bytes; the heap base is a multiple
@@ -264,16 +264,6 @@ def block_containing(arena, p: int) -> int:
 # ---- the allocator -------------------------------------------------------------
 
 @micropython.viper
-def _block_size_for(arena, n: int) -> int:
-    a = ptr32(arena)
-    g = 1 << a[_W_GSHIFT]
-    size = (n + HEADER + g - 1) & -g
-    if size < MIN_BLOCK:
-        return MIN_BLOCK
-    return size
-
-
-@micropython.viper
 def _release(arena, b: int, size: int):
     # Turn [b, b+size) into a free block, merging with free neighbours (each checked
     # before it is trusted, as in kfree).
@@ -315,79 +305,6 @@ def _release(arena, b: int, size: int):
     nb = b + size
     a[nb >> 2] = a[nb >> 2] | _PREV_FREE
     _insert_free(arena, b, size)
-
-
-@micropython.viper
-def _note_used(arena, delta: int):
-    a = ptr32(arena)
-    used = a[_W_USED] + delta
-    a[_W_USED] = used
-    if used > a[_W_PEAK]:
-        a[_W_PEAK] = used
-
-
-@micropython.viper
-def _owned_block(arena, p: int, kind: int) -> int:
-    # Header offset of the live block at payload p when it is of this kind;
-    # -1 if p is not a live payload, -2 if the block is of another kind.
-    a = ptr32(arena)
-    b = int(live_block(arena, p))
-    if b < 0:
-        return -1
-    if (a[b >> 2] >> _KIND_SHIFT) & 3 != kind:
-        return -2
-    return b
-
-
-@micropython.viper
-def realloc(arena, p: int, n: int) -> int:
-    # Resize a kmalloc block in place: p when done, 0 when it must move,
-    # -1 / -2 as free(). Never changes anything when it returns <= 0.
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
-    b = int(_owned_block(arena, p, KIND_PLAIN))
-    if b < 0:
-        return b
-    hdr = a[b >> 2]
-    #@use live_size(size, b)
-    ls_h = a[b >> 2]
-    size = ls_h & _SIZE_MASK
-    if ls_h & a[_W_LIVEMASK] or size < 16:  # not FREE, no bit 2, 30, 31, granule-aligned
-        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
-    if b + size > a[_W_END]:
-        owner._corrupt(a[_W_BASE] + b, _BAD_HEADER)
-    #@end
-    need = int(_block_size_for(arena, n))
-    if need > size:
-        nb = b + size
-        nh = a[nb >> 2]
-        if (nh & _FREE) == 0:
-            return 0
-        #@use free_size(nsize, nb)
-        fs_h = a[nb >> 2]
-        nsize = fs_h & _SIZE_MASK
-        if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
-            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
-        if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
-            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
-        #@end
-        if size + nsize < need:
-            return 0
-        _remove_free(arena, nb, nsize)
-        nnb = nb + nsize
-        a[nnb >> 2] = a[nnb >> 2] & ~_PREV_FREE
-        size += nsize
-        a[b >> 2] = size | (hdr & _PREV_FREE)
-        _note_used(arena, nsize)
-    rest = size - need
-    if rest >= MIN_BLOCK:
-        a[b >> 2] = need | (hdr & _PREV_FREE)
-        r = b + need
-        a[r >> 2] = rest  # a used-looking block whose predecessor is live
-        a[_W_USED] = a[_W_USED] - rest
-        _release(arena, r, rest)
-    return p
 
 
 @micropython.viper
