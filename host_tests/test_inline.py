@@ -26,8 +26,9 @@ def test_the_firmware_is_up_to_date_and_a_stale_copy_is_caught(monkeypatch, tmp_
     assert inline.main(["--check"]) == 0
     src = tmp_path / "kmem"
     src.mkdir()
-    tlsf = (inline.SOURCES / "tlsf.py").read_text()
-    (src / "tlsf.py").write_text(tlsf.replace("ln_nxt = a[ln_head]", "ln_nxt = a[ln_head] + 0", 1))
+    hot = (inline.SOURCES / "hot.py").read_text()
+    assert "ln_nxt = a[ln_head]" in hot
+    (src / "hot.py").write_text(hot.replace("ln_nxt = a[ln_head]", "ln_nxt = a[ln_head] + 0", 1))
     monkeypatch.setattr(inline, "SOURCES", src)
     assert inline.main(["--check"]) == 1
     assert "out of date: " in capsys.readouterr().err

@@ -42,6 +42,7 @@ _W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
 _W_SLMAP = const(32)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
+W_FREES_OFFSET = const(28)  # _W_FREES * 4, for kheap
 
 _FREE = const(1)
 _PREV_FREE = const(2)

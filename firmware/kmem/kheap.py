@@ -72,7 +72,7 @@ class Heap:
             base = uctypes.addressof(arena)
             if base >= _NATIVE_LIMIT or base % granule:
                 base = _UNIX_BASE
-        tlsf.format(arena, 4 if granule == 16 else 3, base)
+        whole = tlsf.format(arena, 4 if granule == 16 else 3, base)
         self._addr = uctypes.addressof(arena)  # raw buffer address, for the hot paths
         (self.kmalloc, self.kfree, self.ksize, self.kzalloc, self.kcalloc, self.krealloc,
          self.memset, self.memcpy, _) = tlsf.bind(self, self._addr)
@@ -82,6 +82,8 @@ class Heap:
         self.align = align
         self._debug = False
         self._vm_steps = 0  # vm.py's budget of list steps for the current call
+        self.kfree(base + whole)  # the one block format() left: now the heap is empty
+        tlsf.store32(arena, tlsf.W_FREES_OFFSET, 0)  # that free was no caller's
 
     def __repr__(self):
         return "<Heap %d bytes at 0x%08x>" % (self.size, self.base)

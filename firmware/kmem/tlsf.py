@@ -96,6 +96,7 @@ _W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
 _W_SLMAP = const(32)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
+W_FREES_OFFSET = const(28)  # _W_FREES * 4, for kheap
 
 _FREE = const(1)
 _PREV_FREE = const(2)
@@ -113,131 +114,24 @@ _BAD_TAG = const(4)
 _BAD_MAP = const(5)
 #@end
 
-# ---- bit helpers -----------------------------------------------------------
+# ---- bit helpers (set-up and introspection: plain Python) -------------------
 
-@micropython.viper
-def _fls(x: int) -> int:
+def _fls(x):
     # Index of the highest set bit of 0 < x < 2**32.
-    n = 0
-    if x >= 0x10000:
-        x >>= 16
-        n += 16
-    if x >= 0x100:
-        x >>= 8
-        n += 8
-    if x >= 0x10:
-        x >>= 4
-        n += 4
-    if x >= 0x4:
-        x >>= 2
-        n += 2
-    if x >= 0x2:
+    n = -1
+    while x:
+        x >>= 1
         n += 1
     return n
 
 
-# ---- size classes and free lists ---------------------------------------------
-
-@micropython.viper
-def _class_of(arena, size: int) -> int:
+def _class_of(gshift, size):
     # List index fl*16 + sl of the class holding blocks of this size.
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
-    if size < (16 << gs):
-        return size >> gs
-    t = int(_fls(size))
-    return ((t - gs - 3) << _SL_SHIFT) | ((size >> (t - _SL_SHIFT)) & 15)
+    if size < (16 << gshift):
+        return size >> gshift
+    t = _fls(size)
+    return ((t - gshift - 3) << _SL_SHIFT) | ((size >> (t - _SL_SHIFT)) & 15)
 
-
-@micropython.viper
-def _insert_free(arena, b: int, size: int):
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
-    #@use link(b, size)
-    if size < (16 << gs):
-        ln_li = size >> gs
-    else:
-        fl_x = size
-        fl_x |= fl_x >> 1
-        fl_x |= fl_x >> 2
-        fl_x |= fl_x >> 4
-        fl_x |= fl_x >> 8
-        fl_x |= fl_x >> 16
-        fl_x ^= fl_x >> 1
-        co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
-        ln_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-    ln_head = a[_W_HEADS] + ln_li
-    ln_nxt = a[ln_head]
-    if ln_nxt:
-        if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    a[(b >> 2) + 1] = ln_nxt
-    a[(b >> 2) + 2] = 0
-    if ln_nxt:
-        a[(ln_nxt >> 2) + 2] = b
-    a[ln_head] = b
-    ln_fl = ln_li >> 4
-    a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (ln_li & 15))
-    a[_W_FLMAP] = a[_W_FLMAP] | (1 << ln_fl)
-    a[_W_NFREE] = a[_W_NFREE] + 1
-    #@end
-
-
-@micropython.viper
-def _remove_free(arena, b: int, size: int):
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
-    #@use unlink(b, size)
-    # The class (and so the list head) matters only when b heads its list.
-    ul_nxt = a[(b >> 2) + 1]
-    ul_prv = a[(b >> 2) + 2]
-    if ul_nxt:
-        if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    if ul_prv:
-        if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
-        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    if ul_prv and a[(ul_prv >> 2) + 1] != b:
-        owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    if ul_prv == 0:
-        if size < (16 << gs):
-            ul_li = size >> gs
-        else:
-            fl_x = size
-            fl_x |= fl_x >> 1
-            fl_x |= fl_x >> 2
-            fl_x |= fl_x >> 4
-            fl_x |= fl_x >> 8
-            fl_x |= fl_x >> 16
-            fl_x ^= fl_x >> 1
-            co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
-            ul_li = ((co_t - gs - 3) << 4) | ((size >> (co_t - 4)) & 15)
-        ul_head = a[_W_HEADS] + ul_li
-        if a[ul_head] != b:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-    # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
-    if ul_nxt:
-        a[(ul_nxt >> 2) + 2] = ul_prv
-    if ul_prv:
-        a[(ul_prv >> 2) + 1] = ul_nxt
-    else:
-        a[ul_head] = ul_nxt
-        if ul_nxt == 0:
-            ul_fl = ul_li >> 4
-            ul_map = a[_W_SLMAP + ul_fl] & ~(1 << (ul_li & 15))
-            a[_W_SLMAP + ul_fl] = ul_map
-            if ul_map == 0:
-                a[_W_FLMAP] = a[_W_FLMAP] & ~(1 << ul_fl)
-    a[_W_NFREE] = a[_W_NFREE] - 1
-    #@end
-
-
-# ---- the live map: one bit per granule, set at each live payload ------------
 
 @micropython.viper
 def live_block(arena, p: int) -> int:
@@ -262,50 +156,6 @@ def block_containing(arena, p: int) -> int:
 
 
 # ---- the allocator -------------------------------------------------------------
-
-@micropython.viper
-def _release(arena, b: int, size: int):
-    # Turn [b, b+size) into a free block, merging with free neighbours (each checked
-    # before it is trusted, as in kfree).
-    a = ptr32(arena)
-    gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
-    nb = b + size
-    nh = a[nb >> 2]
-    if nh & _FREE:
-        #@use free_size(nsize, nb)
-        fs_h = a[nb >> 2]
-        nsize = fs_h & _SIZE_MASK
-        if (fs_h & a[_W_FREEMASK]) != 1 or nsize < 16:  # FREE, kind 0, granule-aligned
-            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
-        if nb + nsize > a[_W_END] or a[((nb + nsize) >> 2) - 1] != nsize:
-            owner._corrupt(a[_W_BASE] + nb, _BAD_FREE)
-        #@end
-        _remove_free(arena, nb, nsize)
-        size += nsize
-    if a[b >> 2] & _PREV_FREE:
-        psize = a[(b >> 2) - 1]
-        if psize < MIN_BLOCK or psize & gm or b - psize < a[_W_FIRST]:
-            _corrupt(a[_W_BASE] + b, _BAD_TAG)
-        #@use free_size(pchk, b - psize)
-        fs_h = a[(b - psize) >> 2]
-        pchk = fs_h & _SIZE_MASK
-        if (fs_h & a[_W_FREEMASK]) != 1 or pchk < 16:  # FREE, kind 0, granule-aligned
-            owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
-        if (b - psize) + pchk > a[_W_END] or a[(((b - psize) + pchk) >> 2) - 1] != pchk:
-            owner._corrupt(a[_W_BASE] + (b - psize), _BAD_FREE)
-        #@end
-        if pchk != psize:
-            _corrupt(a[_W_BASE] + b, _BAD_TAG)
-        b -= psize
-        _remove_free(arena, b, psize)
-        size += psize
-    a[b >> 2] = size | _FREE
-    a[((b + size) >> 2) - 1] = size
-    nb = b + size
-    a[nb >> 2] = a[nb >> 2] | _PREV_FREE
-    _insert_free(arena, b, size)
-
 
 @micropython.viper
 def usable(arena, p: int) -> int:
@@ -401,7 +251,9 @@ def _ctz_table():
 
 
 def format(arena, gshift, base):
-    """Lay out an empty heap in arena: control words, then one free block."""
+    """Lay out an empty heap in arena: control words, then one live block spanning the
+    whole block area, whose payload offset it returns: freeing it with the kfree hot path
+    (Heap does) makes the heap empty, every list and bitmap set as kfree sets them."""
     size = len(arena)
     g = 1 << gshift
     flcount = max(1, _fls(size) - gshift - 2)
@@ -425,8 +277,12 @@ def format(arena, gshift, base):
         store32(arena, index * 4, value)
     arena[_W_CTZ * 4:_W_CTZ * 4 + 32] = _ctz_table()
     store32(arena, end, 0)  # epilogue: size 0, used
-    store32(arena, first, MIN_BLOCK)  # used-looking, so _release can free it
-    _release(arena, first, end - first)
+    store32(arena, first, end - first)
+    bit = (first + HEADER) >> gshift
+    store32(arena, (livemap + bit // 32) * 4, 1 << (bit % 32))
+    store32(arena, _W_USED * 4, end - first - HEADER)
+    store32(arena, _W_LIVE * 4, 1)
+    return first + HEADER
 
 
 def counters(arena):
@@ -449,9 +305,11 @@ def largest_free(arena):
     sl = _fls(load32(arena, (_W_SLMAP + fl) * 4))
     b = load32(arena, (load32(arena, _W_HEADS * 4) + fl * 16 + sl) * 4)
     best = 0
-    while b:
+    steps = load32(arena, _W_NFREE * 4)  # bounded: a looped list ends the walk
+    while b and steps > 0 and b < len(arena) - 4:
         best = max(best, load32(arena, b) & _SIZE_MASK)
         b = load32(arena, b + 4)
+        steps -= 1
     return best - HEADER
 
 
@@ -554,7 +412,7 @@ def check(arena, base):
                 hdr = load32(arena, b)
                 if not hdr & _FREE:
                     fail(b, "on free list %d/%d but not free" % (fl, sl))
-                if _class_of(arena, hdr & _SIZE_MASK) != fl * 16 + sl:
+                if _class_of(gshift, hdr & _SIZE_MASK) != fl * 16 + sl:
                     fail(b, "on free list %d/%d, the wrong size class" % (fl, sl))
                 if load32(arena, b + 8) != prev:
                     fail(b, "back link of free list %d/%d is wrong" % (fl, sl))
