@@ -132,6 +132,47 @@ def test_overlapping_memcpy_behaves_like_memmove(target):
     assert backward == original[8:40] + original[32:]
 
 
+MOVES = ((0, 40, 33), (40, 0, 33), (8, 0, 40), (0, 8, 40), (3, 17, 29), (17, 3, 29),
+         (4, 8, 7), (8, 4, 7), (0, 0, 12), (12, 16, 0))
+FILLS = ((0, 13), (4, 8), (3, 30), (8, 0), (1, 3))
+
+
+def test_copies_are_memmove_at_every_alignment_and_overlap(target):
+    # memcpy and tlsf.move (krealloc's copy) move whole words when both ends are aligned,
+    # bytes otherwise; memset fills words from an aligned start. The expected bytes come
+    # from Python's slices here; the board names the cases that differ (a small answer).
+    moves = []
+    for dst, src, n in MOVES:
+        expect = bytearray(range(96))
+        expect[dst:dst + n] = bytes(range(96))[src:src + n]
+        moves.append((dst, src, n, bytes(expect)))
+    fills = [(start, n, bytes(start) + b"\xa5" * n + bytes(96 - start - n))
+             for start, n in FILLS]
+    wrong = run(target, '''
+        from kmem import tlsf
+        buf = bytearray(96)
+        p = kmalloc(96)
+        wrong = []
+        for dst, src, n, expect in %r:
+            for i in range(96):
+                buf[i] = i
+                view(p, 96)[i] = i
+            tlsf.move(buf, dst, src, n)
+            memcpy(p + dst, p + src, n)
+            if bytes(buf) != expect:
+                wrong.append(('move', dst, src, n))
+            if contents(p, 96) != expect:
+                wrong.append(('memcpy', dst, src, n))
+        for start, n, expect in %r:
+            memset(p, 0, 96)
+            memset(p + start, 0xA5, n)
+            if contents(p, 96) != expect:
+                wrong.append(('memset', start, n))
+        result = wrong
+    ''' % (moves, fills))
+    assert wrong == []
+
+
 def test_view_covers_the_block_from_the_pointer(target):
     r = run(target, '''
         p = kmalloc(40)

@@ -157,6 +157,34 @@ def containing_at(addr: int, p: int) -> int:
     return start
 
 
+@micropython.viper
+def move(a: ptr8, dst: int, src: int, n: int):
+    # memmove within the buffer (or at the raw address) a: copy backwards when the destination overlaps the source's tail. Whole words
+    # while both ends are word-aligned (payloads are: krealloc moves a block that way).
+    w = ptr32(a)
+    i = 0
+    if dst <= src:
+        if ((dst | src) & 3) == 0:
+            while i + 4 <= n:
+                w[(dst + i) >> 2] = w[(src + i) >> 2]
+                i += 4
+        while i < n:
+            a[dst + i] = a[src + i]
+            i += 1
+    else:
+        i = n
+        if ((dst | src) & 3) == 0:
+            while i & 3:
+                i -= 1
+                a[dst + i] = a[src + i]
+            while i > 0:
+                i -= 4
+                w[(dst + i) >> 2] = w[(src + i) >> 2]
+        while i > 0:
+            i -= 1
+            a[dst + i] = a[src + i]
+
+
 # ---- the hot paths: one viper body per operation ----------------------------------
 #
 # bind() makes kmalloc, kfree, ksize and kzalloc (and memset, memcpy) for one arena as
@@ -927,6 +955,13 @@ def _binder():
                 return owner._memset_checked(ptr, value, nbytes)
             b = ptr8(ad)
             end = p + n
+            if (p & 3) == 0:  # a payload, or a word inside one: whole words first
+                w = ptr32(ad)
+                v4 = v | (v << 8)
+                v4 |= v4 << 16
+                while p + 4 <= end:
+                    w[p >> 2] = v4
+                    p += 4
             while p < end:
                 b[p] = v
                 p += 1
@@ -970,17 +1005,7 @@ def _binder():
             start = int(containing_at(ad, d))
             if start < 0 or d + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
                 return owner._memcpy_checked(dst, src, nbytes)
-            b = ptr8(ad)
-            if d <= s:  # memmove: backwards when the destination overlaps the source's tail
-                i = 0
-                while i < n:
-                    b[d + i] = b[s + i]
-                    i += 1
-            else:
-                i = n
-                while i > 0:
-                    i -= 1
-                    b[d + i] = b[s + i]
+            move(ad, d, s, n)  # one call: the copy outweighs it
             return dst
 
         def retarget(new_owner, new_addr):

@@ -52,7 +52,7 @@ import uctypes
 import micropython
 from micropython import const
 from .hot import (CorruptionError, _corrupt, _first_fit_at as first_fit_at,  # noqa: F401
-                  containing_at, bind, box_words, owner)
+                  containing_at, bind, box_words, move, owner)
 
 KIND_PLAIN = const(0)
 KIND_STACK = const(1)
@@ -213,21 +213,6 @@ def fill(a: ptr8, off: int, value: int, n: int):
     while off < end:
         a[off] = value
         off += 1
-
-
-@micropython.viper
-def move(a: ptr8, dst: int, src: int, n: int):
-    # memmove: copy backwards when the destination overlaps the source's tail.
-    if dst <= src:
-        i = 0
-        while i < n:
-            a[dst + i] = a[src + i]
-            i += 1
-    else:
-        i = n
-        while i > 0:
-            i -= 1
-            a[dst + i] = a[src + i]
 
 
 # ---- set-up and introspection (not hot) ---------------------------------------
