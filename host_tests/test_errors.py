@@ -143,3 +143,84 @@ def test_uncaught_errors_reach_the_host_with_type_and_address(target):
     with pytest.raises(TargetError) as exc:
         run(target, "kmalloc('12')", expr="None")
     assert exc.value.type == "TypeError"
+
+
+def test_messages_name_the_problem(target):
+    r = run(target, REJECTED, '''
+        p = kmalloc(16)
+        s = allocate_kernel_stack(256)
+        m = mm_create()
+        mmap_region(m, 0x1000, 0x2000, VM_READ)
+        def message(f, *args):
+            got = raised(f, *args)
+            return got and got[1]
+        result = dict(
+            negative=message(kfree, -1), bool_ptr=message(kfree, True),
+            float_ptr=message(ksize, 1.5), bool_size=message(kmalloc, True),
+            vm_wrong_kind=message(mmap_region, p, 0x8000, 0x1000, VM_READ),
+            free_wrong_kind=message(mm_destroy, s), vma_of_block=message(vma, p),
+            mm_of_stack=message(mm, s), negative_flags=message(mmap_region, m, 0x8000, 0x1000, -1),
+            overlap=message(mmap_region, m, 0x2000, 0x1000, VM_READ), p=p, s=s)
+    ''')
+    p, s = r["p"], r["s"]
+    assert r["negative"] == "kfree: -0x00000001 is not the start of a live kmalloc block"
+    assert r["bool_ptr"] == "kfree: pointer must be an int or None, not bool"
+    assert r["float_ptr"] == "ksize: pointer must be an int or None, not float"
+    assert r["bool_size"] == "size must be an int, not bool"
+    assert r["vm_wrong_kind"] == "mmap_region: %s is a kmalloc block, not an mm_struct" % hex32(p)
+    assert r["free_wrong_kind"] == "mm_destroy: %s is a kernel stack; free it with " \
+        "free_kernel_stack()" % hex32(s)
+    assert r["vma_of_block"] == "vma: %s is a kmalloc block, not a vm_area_struct" % hex32(p)
+    assert r["mm_of_stack"] == "mm: %s is a kernel stack, not an mm_struct" % hex32(s)
+    assert r["negative_flags"] == "mmap_region: invalid flags -1 (allowed bits 0x3f)"
+    assert r["overlap"] == "[Errno 17] EEXIST: mmap_region: [0x00002000, 0x00003000) " \
+        "overlaps the area [0x00001000, 0x00003000)"
+
+
+def test_an_init_that_cannot_be_met_keeps_the_old_heap(target):
+    r = run(target, '''
+        old = heap()
+        p = kmalloc(100)
+        errs = []
+        for args in ((4 << 20,), (1000, 3), (-1,)):
+            try:
+                init(*args)
+            except (MemoryError, ValueError) as e:
+                errs.append((type(e).__name__, str(e)))
+        kept = heap() is old
+        kfree(p)
+        result = dict(errs=errs, kept=kept, ok=check())
+    ''')
+    assert [e[0] for e in r["errs"]] == ["MemoryError", "ValueError", "ValueError"]
+    assert "the current heap is kept" in r["errs"][0][1]
+    assert r["kept"] is True and r["ok"] is True
+
+
+def test_init_replaces_a_heap_that_leaves_no_room_beside_it(target):
+    # Two arenas of over half the free memory cannot be side by side: the second init()
+    # takes the first one's place.
+    r = run(target, '''
+        import gc
+        def first(size):  # in functions: no stale reference to a heap stays in this frame
+            try:
+                kmem.init(size).marked = True
+                return True
+            except MemoryError:
+                return False
+        kmem.init(4096)
+        gc.collect()
+        free = gc.mem_free()
+        size = 0
+        for percent in (62, 58, 54):  # the largest that fits in one piece of the heap
+            if first(free * percent // 100 & ~7):
+                size = free * percent // 100 & ~7
+                break
+        result = dict(size=size)
+        if size:
+            second = kmem.init(size)
+            result.update(replaced=heap() is second and not hasattr(second, 'marked'),
+                          p=kmalloc(64) is not None, ok=check())
+    ''')
+    if not r["size"]:
+        pytest.skip("no piece of this target's heap holds over half of its free memory")
+    assert (r["replaced"], r["p"], r["ok"]) == (True, True, True)

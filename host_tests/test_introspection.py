@@ -145,15 +145,34 @@ def test_heap_attributes_and_default_base(target):
         h = Heap(4096)
         real = uctypes.addressof(h.arena)
         result = dict(size=h.size, align=h.align, base=h.base, real=real,
-                      arena_len=len(h.arena))
+                      arena_len=len(h.arena), default=(heap().base, heap().size))
     ''')
     assert (r["size"], r["align"]) == (4096, 4)
     assert r["arena_len"] >= 4096
     assert r["base"] % 8 == 0
-    if r["real"] >= 0x40000000:
-        assert r["base"] == 0x20000000
+    if r["real"] >= 0x40000000:  # the 64-bit unix port: a range of its own above 0x20000000
+        assert 0x20000000 <= r["base"] < 0x40000000 - 4096
     else:
         assert r["base"] == r["real"]
+    default_base, default_size = r["default"]
+    assert (r["base"] >= default_base + default_size
+            or r["base"] + r["size"] <= default_base)  # heaps never share an address
+
+
+def test_a_pointer_from_another_heap_frees_nothing_here(target):
+    r = run(target, '''
+        a = kmalloc(64)
+        other = Heap(4096)
+        b = other.kmalloc(64)
+        try:
+            kfree(b)
+            err = None
+        except ValueError as e:
+            err = str(e)
+        result = dict(err=err, a_live=ksize(a), b_live=other.ksize(b), ok=check())
+    ''')
+    assert r["err"] is not None and "is not the start of a live kmalloc block" in r["err"]
+    assert r["a_live"] >= 64 and r["b_live"] >= 64 and r["ok"] is True
 
 
 def test_heap_constructor_validates_its_arguments(target):

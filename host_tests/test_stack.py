@@ -116,6 +116,23 @@ def test_damaged_canary_makes_check_raise_corruption_error(target):
     assert "stack overflow" in exc.value.message
 
 
+def test_free_kernel_stack_refuses_a_stack_whose_canary_is_damaged(target):
+    r = run(target, '''
+        s = allocate_kernel_stack(512)
+        view(s, 8)[0] ^= 0x01                # the stack grew one byte too deep
+        before = layout()
+        try:
+            free_kernel_stack(s)
+            err = None
+        except CorruptionError as e:
+            err = str(e)
+        result = dict(err=err, unchanged=layout() == before, live=stats()['live_blocks'], s=s)
+    ''')
+    assert r["err"] == "block at %s: kernel stack overflow (canary at %s damaged)" % (
+        hex32(r["s"] - 4), hex32(r["s"]))
+    assert r["unchanged"] is True and r["live"] == 1  # nothing freed
+
+
 def test_stack_and_plain_blocks_cannot_be_freed_with_the_wrong_function(target):
     r = run(target, '''
         s = allocate_kernel_stack(4096)

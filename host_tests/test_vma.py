@@ -88,13 +88,33 @@ def test_munmap_and_mprotect_reject_bad_arguments_with_value_error(target):
         types = {}
         for k, (s, n) in ranges.items():
             types['munmap ' + k] = (raised(munmap, m, s, n) or ('no error',))[0]
-            types['mprotect ' + k] = (raised(mprotect, m, s, n, VM_READ) or ('no error',))[0]
+            if k != 'zero length':  # mprotect of nothing does nothing, as in Linux
+                types['mprotect ' + k] = (raised(mprotect, m, s, n, VM_READ) or ('no error',))[0]
         types['mprotect unknown flag'] = (raised(mprotect, m, 0x1000, 0x1000, 0x40) or ('no error',))[0]
+        types['mprotect VM_SHARED'] = (raised(mprotect, m, 0x1000, 0x1000, VM_SHARED) or ('no error',))[0]
         result = dict(types=types, unchanged=(vma_list(m), layout()) == before)
     ''')
     assert r["types"] == dict.fromkeys(r["types"], "ValueError")
     assert len(r["types"]) == 11
     assert r["unchanged"] is True
+
+
+def test_mprotect_changes_only_the_access_rights_as_linux_does(target):
+    r = run(target, '''
+        m = mm_create()
+        mmap_region(m, 0x10000, 0x2000, VM_READ | VM_WRITE | VM_SHARED)
+        mmap_region(m, 0x12000, 0x2000, VM_READ | VM_GROWSDOWN)
+        before = vma_list(m)
+        nothing = (mprotect(m, 0x10000, 0, VM_EXEC), mprotect(m, 0x50000, 0, VM_READ))
+        unchanged = vma_list(m) == before
+        mprotect(m, 0x11000, 0x2000, VM_READ)        # across both areas
+        result = dict(nothing=nothing, unchanged=unchanged, areas=vma_list(m), ok=check())
+    ''')
+    SH, GD = 0x08, 0x20  # VM_SHARED, VM_GROWSDOWN
+    assert r["nothing"] == (None, None) and r["unchanged"] is True  # length 0: a no-op
+    assert r["areas"] == [(0x10000, 0x11000, RW | SH), (0x11000, 0x12000, R | SH),
+                          (0x12000, 0x14000, R | GD)]
+    assert r["ok"] is True
 
 
 def test_adjacent_areas_with_equal_flags_merge(target):

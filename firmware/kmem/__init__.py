@@ -25,14 +25,30 @@ _heap = None
 
 
 def init(size=32768, base=None, align=4):
-    """(Re)create the default heap and return it."""
+    """(Re)create the default heap and return it. Bad arguments raise and keep the old
+    heap, and so does a size that could not fit even without it. Otherwise the new arena
+    is made beside the old one, or, when there is no room for both, in its place."""
     global _heap
-    check_heap_args(size, base, align)  # bad arguments keep the old heap
-    # Let the old arena be collected before the new one is made; the hot paths must not
-    # point at it meanwhile (with no arena, their next call asks heap() for one).
-    _retarget(_FirstUse(), 0)
-    _heap = None
-    h = Heap(size, base, align)
+    check_heap_args(size, base, align)
+    try:
+        h = Heap(size, base, align)
+    except MemoryError:
+        gc = __import__("gc")
+        gc.collect()
+        free = gc.mem_free()
+        if _heap is None or size > free + _heap.size:
+            raise MemoryError("init: no room for a %d-byte arena (%d bytes free); the "
+                              "current heap is kept" % (size, free))
+        # Room once the old arena is gone: let it go (the hot paths must not point at it
+        # meanwhile: their next call would ask heap() for a new one) and try again.
+        _retarget(_FirstUse(), 0)
+        _heap = None
+        gc.collect()
+        try:
+            h = Heap(size, base, align)
+        except MemoryError:
+            raise MemoryError("init: no room for a %d-byte arena in one piece, even with "
+                              "the old heap released" % size)
     _retarget(h, h._addr)  # before heap() can hand it out
     _heap = h
     return h

@@ -7,13 +7,20 @@
 import uctypes
 from micropython import const
 from . import tlsf
-from .tlsf import KIND_PLAIN, KIND_STACK, KIND_NAMES, CorruptionError
-from .structs import VM_AREA_STRUCT, MM_STRUCT, VMA_SIZE, MM_SIZE
+from .tlsf import KIND_PLAIN, KIND_STACK, KIND_MM, KIND_VMA, KIND_NAMES, CorruptionError
+from .structs import VM_AREA_STRUCT, MM_STRUCT
 
 _NATIVE_LIMIT = const(0x40000000)  # real addresses below this are small ints
 _UNIX_BASE = const(0x20000000)  # default base when the real address is large
+_next_base = [_UNIX_BASE]  # where the next such heap's addresses start (a list: no global)
 _MIN_ARENA = const(512)
 _FREED_WITH = ("kfree", "free_kernel_stack", "mm_destroy", "munmap")
+_A_KIND = ("a kmalloc block", "a kernel stack", "an mm_struct", "a vm_area_struct")
+
+
+def hexaddr(v):
+    # An address for a message: 0x%08x, and a negative one as -0x... (not 0x-...).
+    return "-0x%08x" % -v if v < 0 else "0x%08x" % v
 
 
 def _is_null(ptr):
@@ -29,6 +36,18 @@ def _need_size(value, what="size"):
     _need_int(value, what)
     if value < 0:
         raise ValueError("%s must be >= 0, got %d" % (what, value))
+
+
+def _virtual_base(size):
+    # Heaps whose real address is no small int (the 64-bit unix port) get consecutive
+    # ranges of kernel addresses from 0x20000000, so no two heaps share an address and a
+    # pointer from one is never taken for a block of another. After 512 MiB of heaps the
+    # ranges start again.
+    base = _next_base[0]
+    if base + size > _NATIVE_LIMIT:
+        base = _UNIX_BASE
+    _next_base[0] = base + ((size + 0xFFFF) & ~0xFFFF)
+    return base
 
 
 def check_heap_args(size, base, align):
@@ -71,7 +90,7 @@ class Heap:
             # The arena's real address when it is a small int (RP2040, ESP32).
             base = uctypes.addressof(arena)
             if base >= _NATIVE_LIMIT or base % granule:
-                base = _UNIX_BASE
+                base = _virtual_base(size)
         whole = tlsf.format(arena, 4 if granule == 16 else 3, base)
         self._addr = uctypes.addressof(arena)  # raw buffer address, for the hot paths
         (self.kmalloc, self.kfree, self.ksize, self.kzalloc, self.kcalloc, self.krealloc,
@@ -93,17 +112,21 @@ class Heap:
     def _offset(self, ptr, fn):
         # Arena offset of a kernel address, or -1 when it is outside the arena.
         if not isinstance(ptr, int):
-            raise TypeError("%s: pointer must be an int or None" % fn)
+            raise TypeError("%s: pointer must be an int or None, not %s"
+                            % (fn, type(ptr).__name__))
         off = ptr - self.base
         return off if 0 <= off < self.size else -1
 
     def _bad_pointer(self, ptr, fn, code, want=KIND_PLAIN):
         if code == -2:
             kind = tlsf.kind_of(self.arena, ptr - self.base)
-            return ValueError("%s: 0x%08x is a %s; free it with %s()"
-                              % (fn, ptr, KIND_NAMES[kind], _FREED_WITH[kind]))
-        return ValueError("%s: 0x%08x is not the start of a live %s"
-                          % (fn, ptr, KIND_NAMES[want]))
+            if fn in _FREED_WITH:  # a free function, given what another one frees
+                return ValueError("%s: %s is %s; free it with %s()"
+                                  % (fn, hexaddr(ptr), _A_KIND[kind], _FREED_WITH[kind]))
+            return ValueError("%s: %s is %s, not %s"
+                              % (fn, hexaddr(ptr), _A_KIND[kind], _A_KIND[want]))
+        return ValueError("%s: %s is not the start of a live %s"
+                          % (fn, hexaddr(ptr), KIND_NAMES[want]))
 
     def _expect(self, ptr, kind, fn):
         """ptr as an int if it starts a live block of that kind, else ValueError."""
@@ -120,7 +143,7 @@ class Heap:
         off = -1 if ptr is None else self._offset(ptr, fn)
         start = tlsf.block_containing(self.arena, off) if off >= 0 else -1
         if start < 0:
-            raise ValueError("%s: 0x%08x is not inside a live block" % (fn, ptr or 0))
+            raise ValueError("%s: %s is not inside a live block" % (fn, hexaddr(ptr or 0)))
         return start + tlsf.usable(self.arena, start)
 
     def _span(self, ptr, n, fn):
@@ -208,7 +231,8 @@ class Heap:
         # The hot path's pointer is not a small int >= 0 (nor None): raise, unless it is an
         # int that may still start a block (a big int, a bool), which the hot path then frees.
         if not isinstance(ptr, int):
-            raise TypeError("kfree: pointer must be an int or None")
+            raise TypeError("kfree: pointer must be an int or None, not %s"
+                            % type(ptr).__name__)
         if not 0 <= ptr - self.base < self.size:
             self._free(ptr, KIND_PLAIN, "kfree")  # raises ValueError, after the debug line
 
@@ -228,11 +252,12 @@ class Heap:
         if ptr is None:
             return 0
         if not isinstance(ptr, int):
-            raise TypeError("ksize: pointer must be an int or None")
+            raise TypeError("ksize: pointer must be an int or None, not %s"
+                            % type(ptr).__name__)
         off = self._offset(ptr, "ksize")  # a bool or big int may still name a block
         n = tlsf.usable(self.arena, off) if off >= 0 else -1
         if n < 0:
-            raise ValueError("ksize: 0x%08x is not the start of a live block" % ptr)
+            raise ValueError("ksize: %s is not the start of a live block" % hexaddr(ptr))
         return n
 
     def _kcalloc_slow(self, n, size):
@@ -297,9 +322,16 @@ class Heap:
         return stack + (tlsf.usable(self.arena, stack - self.base) & ~7)
 
     def free_kernel_stack(self, stack):
-        """Free a stack from allocate_kernel_stack(); NULL is a no-op."""
+        """Free a stack from allocate_kernel_stack(); NULL is a no-op. A damaged canary
+        (the stack grew too deep) raises CorruptionError and frees nothing."""
         if _is_null(stack):
             return
+        self._expect(stack, KIND_STACK, "free_kernel_stack")
+        off = stack - self.base
+        if not (tlsf.load32(self.arena, off) == tlsf.STACK_CANARY
+                == tlsf.load32(self.arena, off + 4)):
+            raise CorruptionError("block at %s: kernel stack overflow (canary at %s damaged)"
+                                  % (hexaddr(stack - 4), hexaddr(stack)))
         self._free(stack, KIND_STACK, "free_kernel_stack")
 
     # ---- bounded memory access ------------------------------------------------------
@@ -335,13 +367,13 @@ class Heap:
         return self._addr + ptr - self.base
 
     def vma(self, ptr):
-        """A uctypes view of the VM_AREA_STRUCT at ptr."""
-        self._span(ptr, VMA_SIZE, "vma")
+        """A uctypes view of the VM_AREA_STRUCT at ptr (a vm_area_struct block)."""
+        self._expect(ptr, KIND_VMA, "vma")
         return uctypes.struct(self.addressof(ptr), VM_AREA_STRUCT, uctypes.LITTLE_ENDIAN)
 
     def mm(self, ptr):
-        """A uctypes view of the MM_STRUCT at ptr."""
-        self._span(ptr, MM_SIZE, "mm")
+        """A uctypes view of the MM_STRUCT at ptr (an mm_struct block)."""
+        self._expect(ptr, KIND_MM, "mm")
         return uctypes.struct(self.addressof(ptr), MM_STRUCT, uctypes.LITTLE_ENDIAN)
 
     def _kind_at(self, ptr):

@@ -29,6 +29,7 @@ _MMAP = const(0)
 _START_HEAP = const(20)
 _END_HEAP = const(24)
 _ADDR_LIMIT = 0x100000000  # 2**32: one past the last user address
+_RWX = const(7)  # VM_READ | VM_WRITE | VM_EXEC: what mprotect changes
 _MAP_LIMIT = 0xFFFFF000  # the highest end a UINT32 `end` field can hold
 
 
@@ -36,7 +37,7 @@ _MAP_LIMIT = 0xFFFFF000  # the highest end a UINT32 `end` field can hold
 
 def _int(v, name, fn):
     if not isinstance(v, int):
-        raise TypeError("%s: %s must be an int, not %s" % (fn, name, type(v)))
+        raise TypeError("%s: %s must be an int, not %s" % (fn, name, type(v).__name__))
     return v
 
 
@@ -69,8 +70,8 @@ def _link(h, field):
 def _flags(flags, fn):
     _int(flags, "flags", fn)
     if flags < 0 or flags & ~VM_FLAGS_MASK:
-        raise ValueError("%s: invalid flags 0x%x (allowed bits 0x%02x)"
-                         % (fn, flags, VM_FLAGS_MASK))
+        raise ValueError("%s: invalid flags %s (allowed bits 0x%02x)"
+                         % (fn, "%d" % flags if flags < 0 else "0x%x" % flags, VM_FLAGS_MASK))
     return flags
 
 
@@ -223,7 +224,8 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
 def _map(h, mm, s, e, flags, fn):
     lslot, left, pslot, first, last, stop, gap = _span(h, mm, s, e)
     if last:
-        raise OSError(errno.EEXIST)
+        raise OSError(errno.EEXIST, "%s: [0x%08x, 0x%08x) overlaps the area [0x%08x, 0x%08x)"
+                      % (fn, s, e, h._ld(first + _START), _end(h, first)))
     _commit(h, lslot, left, pslot, first, stop, [[s, e, flags, 0]], fn)
 
 
@@ -286,25 +288,38 @@ def munmap(h, mm, start, length):
 
 
 def mprotect(h, mm, start, length, flags):
-    """Set flags on [start, start+length), splitting and merging areas.
-    OSError ENOMEM (nothing changed) if any page is unmapped or no room."""
+    """Set the access rights (VM_READ, VM_WRITE, VM_EXEC) of [start, start+length),
+    splitting and merging areas; each area keeps its other flags, as in Linux. Length 0
+    does nothing. OSError ENOMEM, and nothing changed, if any page is unmapped or there
+    is no room (Linux changes the pages up to the first hole first)."""
     fn = "mprotect"
     mm = _mm(h, mm, fn)
-    s, e = _range(start, length, fn)
+    _int(length, "length", fn)
     flags = _flags(flags, fn)
+    if flags & ~_RWX:
+        raise ValueError("%s: flags 0x%x: only VM_READ, VM_WRITE and VM_EXEC can change"
+                         % (fn, flags))
+    if length == 0:
+        _range(start, PAGE_SIZE, fn)  # start is still checked
+        return
+    s, e = _range(start, length, fn)
     lslot, left, pslot, first, last, stop, gap = _span(h, mm, s, e)
     if gap:
         raise OSError(errno.ENOMEM)
+    # Each area in the range gives a piece of it with the new rights (and its own other
+    # flags), and keeps its struct for its first piece; _commit merges equal neighbours.
     pieces = []
-    fs = h._ld(first + _START)
-    if fs < s:
-        pieces.append([fs, s, h._ld(first + _FLAGS), first])
-    # The area starting exactly at s keeps its struct for the new flags.
-    pieces.append([s, e, flags, 0 if fs < s else first])
-    le = _end(h, last)
-    if le > e:
-        keep = 0 if (last == first) else last
-        pieces.append([e, le, h._ld(last + _FLAGS), keep])
+    v = first
+    while True:
+        vs, ve, vf = h._ld(v + _START), _end(h, v), h._ld(v + _FLAGS)
+        if vs < s:
+            pieces.append([vs, s, vf, v])
+        pieces.append([max(vs, s), min(ve, e), (vf & ~_RWX) | flags, 0 if vs < s else v])
+        if ve > e:
+            pieces.append([e, ve, vf, 0])
+        if v == last:
+            break
+        v = _link(h, v + _NEXT)
     _commit(h, lslot, left, pslot, first, stop, pieces, fn)
 
 
