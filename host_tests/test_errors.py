@@ -38,6 +38,8 @@ def test_non_int_sizes_raise_type_error(target):
             "find_vma(m, 1.0)": (find_vma, m, 1.0),
             "access_ok(m, 0, '1', 1)": (access_ok, m, 0, '1', 1),
         })
+        for name in result['got']:  # the types only: a short answer (a small heap)
+            result['got'][name] = result['got'][name] and result['got'][name][:1]
     ''')
     assert exception_types(r) == dict.fromkeys(r["got"], "TypeError")
     assert r["unchanged"] is True

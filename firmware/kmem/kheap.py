@@ -403,8 +403,14 @@ class Heap:
         }
 
     def check(self):
-        """Verify every heap invariant: True, or CorruptionError naming the fault."""
-        return tlsf.check(self.arena, self.base)
+        """Verify every heap invariant, the address spaces' lists included: True, or
+        CorruptionError naming the fault."""
+        tlsf.check(self.arena, self.base)
+        for off, size, kind, free in tlsf.blocks(self.arena):
+            if kind == KIND_MM and not free:  # loaded only when there is an mm_struct
+                from .vmcheck import check_lists
+                return check_lists(self)
+        return True
 
     def walk(self):
         """Yield (address, usable size, used) for every block in address order."""

@@ -103,11 +103,24 @@ def _end(h, v):
     return h._ld(v + _END)
 
 
+def _checked_end(h, mm, v, prev_end):
+    # The end of the area v, once it is checked against the list invariant: page-aligned,
+    # non-empty, within 32 bits and after the area before it (which ends at prev_end).
+    s, e = h._ld(v + _START), _end(h, v)
+    if s % PAGE_SIZE or e % PAGE_SIZE or not prev_end <= s < e <= _MAP_LIMIT:
+        raise CorruptionError("vma list of the mm_struct at 0x%08x: the area at 0x%08x "
+                              "(0x%08x-0x%08x) overlaps the one before it, is out of "
+                              "order or is not page-aligned" % (mm, v, s, e))
+    return e
+
+
 def _areas(h, mm):
-    # Walk the list: yields (vma, start, end, flags) in address order.
+    # Walk the list: yields (vma, start, end, flags) in address order, checked.
     v = _link(h, mm + _MMAP)
+    e = 0
     while v:
-        yield v, h._ld(v + _START), _end(h, v), h._ld(v + _FLAGS)
+        e = _checked_end(h, mm, v, e)
+        yield v, h._ld(v + _START), e, h._ld(v + _FLAGS)
         v = _link(h, v + _NEXT)
 
 
@@ -122,14 +135,17 @@ def _span(h, mm, s, e):
     lslot = left = 0
     pslot = mm + _MMAP
     v = _link(h, pslot)
-    while v and _end(h, v) <= s:
+    prev_end = 0
+    while v and _checked_end(h, mm, v, prev_end) <= s:
+        prev_end = _end(h, v)
         lslot, left, pslot = pslot, v, v + _NEXT
         v = _link(h, pslot)
     first = v
     last = 0
     covered = s  # everything below `covered` is known mapped
     gap = False
-    while v and h._ld(v + _START) < e:
+    while v and _checked_end(h, mm, v, prev_end) and h._ld(v + _START) < e:
+        prev_end = _end(h, v)
         if h._ld(v + _START) > covered:
             gap = True
         covered = _end(h, v)
