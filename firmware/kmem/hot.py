@@ -710,6 +710,8 @@ def _binder():
             if (p - HEADER) + size > a[_W_END]:
                 owner._corrupt(a[_W_BASE] + (p - HEADER), _BAD_HEADER)
             #@end
+            if ls_h >> _KIND_SHIFT:  # a stack, an mm_struct...: the slow path says so
+                return int(owner._ksize_slow(ptr))
             return size - HEADER
 
         @micropython.viper

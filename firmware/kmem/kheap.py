@@ -254,11 +254,8 @@ class Heap:
         if not isinstance(ptr, int):
             raise TypeError("ksize: pointer must be an int or None, not %s"
                             % type(ptr).__name__)
-        off = self._offset(ptr, "ksize")  # a bool or big int may still name a block
-        n = tlsf.usable(self.arena, off) if off >= 0 else -1
-        if n < 0:
-            raise ValueError("ksize: %s is not the start of a live block" % hexaddr(ptr))
-        return n
+        self._expect(ptr, KIND_PLAIN, "ksize")  # a big int may still name a block
+        return tlsf.usable(self.arena, ptr - self.base)
 
     def _kcalloc_slow(self, n, size):
         # kcalloc of anything but two small ints below 2**15. n * size cannot wrap as C's
