@@ -36,7 +36,10 @@ def init(size=32768, base=None, align=4):
         gc = __import__("gc")
         gc.collect()
         free = gc.mem_free()
-        if _heap is None or size > free + _heap.size:
+        if _heap is None:
+            raise MemoryError("init: no room for a %d-byte arena in one piece (%d bytes "
+                              "free)" % (size, free))
+        if size > free + _heap.size:
             raise MemoryError("init: no room for a %d-byte arena (%d bytes free); the "
                               "current heap is kept" % (size, free))
         # Room once the old arena is gone: let it go (the hot paths must not point at it
