@@ -325,7 +325,7 @@ def test_mmap_region_raises_enomem_when_the_arena_is_full(target):
 
 
 FULL_SMALL_HEAP = '''
-h = Heap(2048)
+h = Heap(1024)  # small: its block lists fit an ESP32-sized Python heap
 m = h.mm_create()
 h.mmap_region(m, 0x10000, 0x4000, VM_READ | VM_WRITE)     # [0x10000, 0x14000)
 hog = fill(8, h)

@@ -27,7 +27,9 @@ _heap = None
 def init(size=32768, base=None, align=4):
     """(Re)create the default heap and return it. Bad arguments raise and keep the old
     heap, and so does a size that could not fit even without it. Otherwise the new arena
-    is made beside the old one, or, when there is no room for both, in its place."""
+    is made beside the old one, or, when there is no room for both, in its place; if even
+    that fails (the free memory is in pieces), MemoryError says the old heap is released,
+    and the next call makes a default one."""
     global _heap
     check_heap_args(size, base, align)
     try:
@@ -50,8 +52,8 @@ def init(size=32768, base=None, align=4):
         try:
             h = Heap(size, base, align)
         except MemoryError:
-            raise MemoryError("init: no room for a %d-byte arena in one piece, even with "
-                              "the old heap released" % size)
+            raise MemoryError("init: no room for a %d-byte arena in one piece; the old "
+                              "heap has been released" % size)
     _retarget(h, h._addr)  # before heap() can hand it out
     _heap = h
     return h

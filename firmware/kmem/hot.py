@@ -1,5 +1,5 @@
-# kmem.hot - the hot paths: kmalloc, kfree, ksize, kzalloc, memset and memcpy, each one
-# viper body over the arena that tlsf.py lays out (see its opening comment for the layout
+# kmem.hot - the hot paths: kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset and
+# memcpy, each one viper body over the arena that tlsf.py lays out (see its opening comment for the layout
 # and the invariants). A module of its own so that the .py sources compile in less RAM.
 import struct
 import uctypes
@@ -187,8 +187,7 @@ def move(a: ptr8, dst: int, src: int, n: int):
 
 # ---- the hot paths: one viper body per operation ----------------------------------
 #
-# bind() makes kmalloc, kfree, ksize and kzalloc (and memset, memcpy) for one arena as
-# closures over its raw buffer address (a captured int: cheaper than ptr32 of the
+# bind() makes the eight hot paths for one arena as closures over its raw buffer address (a captured int: cheaper than ptr32 of the
 # bytearray) and its Heap (for the out-of-line paths: errors, debug messages, first use).
 # A Heap keeps them as instance attributes and the kmem module exports the default heap's,
 # retargeted by init(): no layer sits between the caller and the body. The block helpers
@@ -201,14 +200,14 @@ def move(a: ptr8, dst: int, src: int, n: int):
 # small int is recognised and unboxed by a mask test, and boxed, with no call into the
 # runtime, no try (an exception frame on every call, and no local in a register) and no
 # global (a viper function that names one swaps the globals dict on every call, under
-# an exception frame too): kmalloc, kfree, ksize and kzalloc name none, and reach
-# everything out of line through their Heap (owner). Anything else (None, a bool, a big
+# an exception frame too): all but memset and memcpy name none, and reach everything out
+# of line through their Heap (owner). Anything else (None, a bool, a big
 # int, a float...) takes the slow path, which decides. Every path, NULL and out of memory
-# included, runs under heap_lock. _box_words() checks at import the layout this relies on
+# included, runs under heap_lock. _box_cell_word() checks at import the layout this relies on
 # (py/objclosure.c, py/objcell.c). A closure call passes its cells with its arguments,
 # and allocates when they are more than five: each body keeps to that.
 
-_ret = 0  # memset and memcpy box through this global (storing it allocates nothing)
+_ret = 0  # memset and memcpy compare their arguments' identity through this global
 
 
 class owner:
@@ -952,7 +951,7 @@ def _binder():
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
             p = q - a[_W_BASE]
-            start = int(containing_at(ad, p))
+            start = int(containing_at(addr, p))  # addr: the int object, no boxing
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
                 return owner._memset_checked(ptr, value, nbytes)
             b = ptr8(ad)
@@ -1000,14 +999,14 @@ def _binder():
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
             s = qs - a[_W_BASE]
-            start = int(containing_at(ad, s))
+            start = int(containing_at(addr, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
                 return owner._memcpy_checked(dst, src, nbytes)
             d = qd - a[_W_BASE]
-            start = int(containing_at(ad, d))
+            start = int(containing_at(addr, d))
             if start < 0 or d + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
                 return owner._memcpy_checked(dst, src, nbytes)
-            move(ad, d, s, n)  # one call: the copy outweighs it
+            move(addr, d, s, n)  # one call: the copy outweighs it
             return dst
 
         def retarget(new_owner, new_addr):

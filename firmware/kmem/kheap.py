@@ -3,7 +3,7 @@
 # This layer turns kernel addresses into arena offsets, validates every
 # argument before the arena is touched (so bad input never changes the heap),
 # and prints the seed's debug messages. The allocator work itself happens in
-# the viper functions of tlsf.py.
+# the viper hot paths of hot.py (and tlsf.py's helpers).
 import uctypes
 from micropython import const
 from . import tlsf
@@ -210,8 +210,8 @@ class Heap:
     def _kmalloc_slow(self, size):
         # Not an int, negative, a bool, or too big for any arena (counted as a failure).
         _need_size(size)
-        if size < self.size:
-            return self.kmalloc(int(size))
+        if size < self.size:  # a small int the hot path did not recognise: its box words
+            raise CorruptionError("arena control block overwritten (box words)")
         tlsf.count_failure(self.arena)
         return self._oom()
 
@@ -229,7 +229,7 @@ class Heap:
 
     def _kfree_slow(self, ptr):
         # The hot path's pointer is not a small int >= 0 (nor None): raise, unless it is an
-        # int that may still start a block (a big int, a bool), which the hot path then frees.
+        # int that may still start a block (a big int), which the hot path then frees.
         if not isinstance(ptr, int):
             raise TypeError("kfree: pointer must be an int or None, not %s"
                             % type(ptr).__name__)
