@@ -99,12 +99,12 @@ except CorruptionError as e:
 
 def test_a_damaged_control_word_is_reported_by_check(target):
     # The hot paths trust the control words (check() verifies them): the box cell's
-    # address, the header masks, the de Bruijn table.
+    # address, the header masks, the de Bruijn table, the list and live-map layout.
     errors = target.eval("errs", setup="""
 import uctypes
 h = heap()
 errs = []
-for off in (17 * 4, 22 * 4, 24 * 4 + 5):
+for off in (17 * 4, 22 * 4, 24 * 4 + 5, 14 * 4, 20 * 4, 15 * 4 + 1):
     cell = uctypes.bytearray_at(h._addr + off, 1)
     keep = cell[0]
     cell[0] ^= 0x10
@@ -117,7 +117,11 @@ errs.append(check())
 """)
     assert errors == ["arena control block overwritten (word 17)",
                       "arena control block overwritten (word 22)",
-                      "arena control block overwritten (ctz table)", True]
+                      "arena control block overwritten (ctz table)",
+                      "arena control block overwritten (bad bounds)",      # HEADS
+                      "arena control block overwritten (base or zero word)",  # ZERO
+                      "arena control block overwritten (base or zero word)",  # BASE
+                      True]
 
 
 LOOPED_VMAS = POKE + """

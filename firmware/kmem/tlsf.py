@@ -235,19 +235,25 @@ def _ctz_table():
     return table
 
 
+def _layout(size, gshift):
+    # The control words that follow from the arena's size and granule: (FLCOUNT, HEADS,
+    # LIVEMAP, FIRST, END), and where the control block ends.
+    g = 1 << gshift
+    flcount = max(1, _fls(size) - gshift - 2)
+    heads = _W_SLMAP + flcount
+    livemap = heads + flcount * 16
+    control_end = (livemap + (size >> gshift) // 32 + 1) * 4
+    first = ((control_end + HEADER + g - 1) & -g) - HEADER
+    return (flcount, heads, livemap, first, (size & -g) - HEADER), control_end
+
+
 def format(arena, gshift, base):
     """Lay out an empty heap in arena: control words, then one live block spanning the
     whole block area, whose payload offset it returns: freeing it with the kfree hot path
     (Heap does) makes the heap empty, every list and bitmap set as kfree sets them."""
     size = len(arena)
     g = 1 << gshift
-    flcount = max(1, _fls(size) - gshift - 2)
-    livemap_words = (size >> gshift) // 32 + 1
-    heads = _W_SLMAP + flcount
-    livemap = heads + flcount * 16
-    control_end = (livemap + livemap_words) * 4
-    first = ((control_end + HEADER + g - 1) & -g) - HEADER
-    end = (size & -g) - HEADER
+    (flcount, heads, livemap, first, end), control_end = _layout(size, gshift)
     if end - first < MIN_BLOCK:
         raise ValueError("arena of %d bytes is too small" % size)
     fill(arena, 0, 0, control_end)
@@ -323,9 +329,13 @@ def check(arena, base):
         raise CorruptionError("arena control block overwritten (bad magic)")
     gshift, first, end = word(_W_GSHIFT), word(_W_FIRST), word(_W_END)
     flcount, heads, livemap = word(_W_FLCOUNT), word(_W_HEADS), word(_W_LIVEMAP)
-    g = 1 << gshift
-    if end > len(arena) - HEADER or first >= end or (first + HEADER) % g:
+    # The hot paths index the lists and the live map from these: exactly as format() wrote.
+    if gshift not in (3, 4) or (flcount, heads, livemap, first, end) != _layout(
+            len(arena), gshift)[0]:
         raise CorruptionError("arena control block overwritten (bad bounds)")
+    if word(_W_BASE) != base & 0xFFFFFFFF or word(_W_ZERO):
+        raise CorruptionError("arena control block overwritten (base or zero word)")
+    g = 1 << gshift
     for index, value in _derived_words(arena, g):
         if word(index) != value:
             raise CorruptionError("arena control block overwritten (word %d)" % index)
