@@ -93,7 +93,7 @@ def checksum(a: ptr32, n: int) -> int:
         s = (s * 31 + a[i]) & 0x3FFFFFFF
         i += 1
     return s
-h = heap()
+h = init(len(heap().arena), hardened=HARDENED)
 words = len(h.arena) // 4
 p = kmalloc(64)
 s = allocate_kernel_stack(256)
@@ -116,14 +116,16 @@ def attempt(code):
 '''
 
 
-def test_every_public_function_rejects_every_kind_of_bad_input(target):
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_every_public_function_rejects_every_kind_of_bad_input(target, hardened):
     all_cases = cases()
     results = []
     batch = 12  # one round trip per batch: small answers for a small board
     for i in range(0, len(all_cases), batch):
         part = all_cases[i:i + batch]
         # A board keeps its globals from one snippet to the next: drop the heaps'.
-        results += run(target, SETUP, "result = [attempt(c) for c in %r]\n"
+        results += run(target, "HARDENED = %r\n" % hardened, SETUP,
+                       "result = [attempt(c) for c in %r]\n"
                        "h = p = s = m = v = gone = gone_mm = q = None" % [c[3] for c in part])
     wrong = []
     for (name, fn, kind, code, want), (got, detail, changed) in zip(all_cases, results):
@@ -143,8 +145,8 @@ def test_every_public_function_rejects_every_kind_of_bad_input(target):
             ok = False
         if not ok:
             wrong.append((name, want, got, detail, changed))
-    print("bad-input catalogue: %d cases, %d as documented" % (len(all_cases),
-                                                                len(all_cases) - len(wrong)))
+    print("bad-input catalogue (%s heap): %d cases, %d as documented"
+          % ("hardened" if hardened else "default", len(all_cases), len(all_cases) - len(wrong)))
     for w in wrong:
         print(w)
     assert wrong == []

@@ -99,12 +99,13 @@ except CorruptionError as e:
 
 def test_a_damaged_control_word_is_reported_by_check(target):
     # The hot paths trust the control words (check() verifies them): the box cell's
-    # address, the header masks, the de Bruijn table, the list and live-map layout.
+    # address, the header masks, the de Bruijn table, the list and live-map layout, the
+    # links' secret.
     errors = target.eval("errs", setup="""
 import uctypes
 h = heap()
 errs = []
-for off in (17 * 4, 22 * 4, 24 * 4 + 5, 14 * 4, 20 * 4, 15 * 4 + 1):
+for off in (17 * 4, 22 * 4, 24 * 4 + 5, 14 * 4, 20 * 4, 15 * 4 + 1, 32 * 4 + 2):
     cell = uctypes.bytearray_at(h._addr + off, 1)
     keep = cell[0]
     cell[0] ^= 0x10
@@ -119,8 +120,9 @@ errs.append(check())
                       "arena control block overwritten (word 22)",
                       "arena control block overwritten (ctz table)",
                       "arena control block overwritten (bad bounds)",      # HEADS
-                      "arena control block overwritten (base or zero word)",  # ZERO
-                      "arena control block overwritten (base or zero word)",  # BASE
+                      "arena control block overwritten (base, zero word or secret)",  # ZERO
+                      "arena control block overwritten (base, zero word or secret)",  # BASE
+                      "arena control block overwritten (base, zero word or secret)",  # SECRET
                       True]
 
 

@@ -12,6 +12,7 @@ if __file__.endswith(".py"):
               + " is there too; remove one set (make deploy removes stale .py files)")
     except OSError:
         pass
+from . import hot  # first: compiled from .py, it needs the most RAM, so the rest waits
 from .structs import (
     VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_GROWSUP, VM_GROWSDOWN,
     PAGE_SIZE, VM_AREA_STRUCT, MM_STRUCT,
@@ -24,16 +25,17 @@ __version__ = "0.1.0"
 _heap = None
 
 
-def init(size=32768, base=None, align=4):
-    """(Re)create the default heap and return it. Bad arguments raise and keep the old
+def init(size=32768, base=None, align=4, hardened=False):
+    """(Re)create the default heap and return it; hardened=True: a hardened heap (see
+    Heap). Bad arguments raise and keep the old
     heap, and so does a size that could not fit even without it. Otherwise the new arena
     is made beside the old one, or, when there is no room for both, in its place; if even
     that fails (the free memory is in pieces), MemoryError says the old heap is released,
     and the next call makes a default one."""
     global _heap
-    check_heap_args(size, base, align)
+    check_heap_args(size, base, align, hardened)
     try:
-        h = Heap(size, base, align)
+        h = Heap(size, base, align, hardened)
     except MemoryError:
         gc = __import__("gc")
         gc.collect()
@@ -50,11 +52,13 @@ def init(size=32768, base=None, align=4):
         _heap = None
         gc.collect()
         try:
-            h = Heap(size, base, align)
+            h = Heap(size, base, align, hardened)
         except MemoryError:
             raise MemoryError("init: no room for a %d-byte arena in one piece; the old "
                               "heap has been released" % size)
-    _retarget(h, h._addr)  # before heap() can hand it out
+    # Before heap() can hand it out. A hardened heap's functions are Python: the hot paths
+    # call them (addr 0).
+    _retarget(h, 0 if h.hardened else h._addr)
     _heap = h
     return h
 
@@ -71,8 +75,8 @@ class _FirstUse:
     # The default heap's hot paths before it exists: their first call makes it.
     _addr = 0
 
-    def __call__(self):
-        return heap()
+    def __getattr__(self, name):  # kmalloc, kfree...: the default heap's, once made
+        return getattr(heap(), name)
 
 
 (kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset, memcpy,

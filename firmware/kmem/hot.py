@@ -39,10 +39,12 @@ _W_NONE = const(21)  # the object word of None
 _W_FREEMASK = const(22)  # header bits that must read 1 (FREE) for a free block: 0xF0000007|gm
 _W_LIVEMASK = const(23)  # header bits that must be 0 in a live block: 0xC0000005|gm&~7
 _W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
-_W_SLMAP = const(32)
+_W_SECRET = const(32)  # free-list links are stored XOR this (0 but on a hardened heap)
+_W_SLMAP = const(33)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 W_FREES_OFFSET = const(28)  # _W_FREES * 4, for kheap
+W_SECRET_OFFSET = const(128)  # _W_SECRET * 4, for kheap
 
 _FREE = const(1)
 _PREV_FREE = const(2)
@@ -82,6 +84,7 @@ def _first_fit_at(addr: int, size: int) -> int:
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
     gm = (1 << gs) - 1
+    sk = a[_W_SECRET]
     #@use class_of(li, size)
     if size < (16 << gs):
         li = size >> gs
@@ -111,7 +114,7 @@ def _first_fit_at(addr: int, size: int) -> int:
         left -= 1
         if (a[b >> 2] & _SIZE_MASK) >= size:
             return b
-        b = a[(b >> 2) + 1]
+        b = a[(b >> 2) + 1] ^ sk
     return 0
 
 
@@ -122,6 +125,7 @@ def containing_at(addr: int, p: int) -> int:
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
     gm = (1 << gs) - 1
+    sk = a[_W_SECRET]
     #@use containing(start, p)
     start = -1
     if p >= a[_W_FIRST] + HEADER and p < a[_W_END]:
@@ -226,16 +230,16 @@ def _binder():
     def bind(heap, addr):
         """(kmalloc, kfree, ksize, kzalloc, kcalloc, krealloc, memset, memcpy, retarget) over
         the arena at raw address addr, owned by heap.
-        retarget(heap, addr) points them at another arena (addr 0: none yet; the first
-        call then asks heap() for one)."""
+        retarget(heap, addr) points them at another arena; with addr 0 each of them calls
+        heap's own method of its name instead (the default heap before its first use, or
+        a hardened heap, whose functions are Python)."""
 
         @micropython.viper
         def kmalloc(nbytes) -> object:
             nonlocal box
             ad = int(addr)
-            if ad == 0:  # the default heap, before its first use
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.kmalloc(nbytes)
             a = ptr32(ad)
             box = nbytes
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
@@ -248,6 +252,7 @@ def _binder():
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             need = (n + HEADER + (1 << gs) - 1) & (-1 << gs)
             if need < MIN_BLOCK:
                 need = MIN_BLOCK
@@ -355,26 +360,26 @@ def _binder():
                 #@end
             #@use unlink_from(b, li)
             # unlink when b's list is known (kmalloc took b from list li).
-            ul_nxt = a[(b >> 2) + 1]
-            ul_prv = a[(b >> 2) + 2]
+            ul_nxt = a[(b >> 2) + 1] ^ sk
+            ul_prv = a[(b >> 2) + 2] ^ sk
             if ul_nxt:
                 if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             if ul_prv:
                 if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+            if ul_nxt and (a[(ul_nxt >> 2) + 2] ^ sk) != b:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-            if ul_prv and a[(ul_prv >> 2) + 1] != b:
+            if ul_prv and (a[(ul_prv >> 2) + 1] ^ sk) != b:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             ul_head = a[_W_HEADS] + li
             if ul_prv == 0 and a[ul_head] != b:
                 owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
             # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
             if ul_nxt:
-                a[(ul_nxt >> 2) + 2] = ul_prv
+                a[(ul_nxt >> 2) + 2] = ul_prv ^ sk
             if ul_prv:
-                a[(ul_prv >> 2) + 1] = ul_nxt
+                a[(ul_prv >> 2) + 1] = ul_nxt ^ sk
             else:
                 a[ul_head] = ul_nxt
                 if ul_nxt == 0:
@@ -396,10 +401,10 @@ def _binder():
                 if ln_nxt:
                     if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
-                a[(r >> 2) + 1] = ln_nxt
-                a[(r >> 2) + 2] = 0
+                a[(r >> 2) + 1] = ln_nxt ^ sk
+                a[(r >> 2) + 2] = sk  # 0, the list's start
                 if ln_nxt:
-                    a[(ln_nxt >> 2) + 2] = r
+                    a[(ln_nxt >> 2) + 2] = r ^ sk
                 a[ln_head] = r
                 ln_fl = hc_li >> 4
                 a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
@@ -434,9 +439,8 @@ def _binder():
         def kfree(ptr):
             nonlocal box
             ad = int(addr)
-            if ad == 0:  # the default heap, before its first use
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.kfree(ptr)
             a = ptr32(ad)
             box = ptr  # as in kmalloc
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
@@ -454,6 +458,7 @@ def _binder():
                 owner._debug_free(ptr)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 owner._bad_free(ptr, -1)
@@ -510,17 +515,17 @@ def _binder():
             if psize:
                 #@use unlink_check(b - psize, psize, ck_nxt, ck_prv, ck_li, ck_head)
                 # The class (and so the list head) matters only when (b - psize) heads its list.
-                ck_nxt = a[((b - psize) >> 2) + 1]
-                ck_prv = a[((b - psize) >> 2) + 2]
+                ck_nxt = a[((b - psize) >> 2) + 1] ^ sk
+                ck_prv = a[((b - psize) >> 2) + 2] ^ sk
                 if ck_nxt:
                     if ck_nxt < a[_W_FIRST] or ck_nxt >= a[_W_END] or (ck_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
                 if ck_prv:
                     if ck_prv < a[_W_FIRST] or ck_prv >= a[_W_END] or (ck_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-                if ck_nxt and a[(ck_nxt >> 2) + 2] != (b - psize):
+                if ck_nxt and (a[(ck_nxt >> 2) + 2] ^ sk) != (b - psize):
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
-                if ck_prv and a[(ck_prv >> 2) + 1] != (b - psize):
+                if ck_prv and (a[(ck_prv >> 2) + 1] ^ sk) != (b - psize):
                     owner._corrupt(a[_W_BASE] + (b - psize), _BAD_LINK)
                 if ck_prv == 0:
                     if psize < (16 << gs):
@@ -560,17 +565,17 @@ def _binder():
             if nsize:
                 #@use unlink(nb, nsize)
                 # The class (and so the list head) matters only when nb heads its list.
-                ul_nxt = a[(nb >> 2) + 1]
-                ul_prv = a[(nb >> 2) + 2]
+                ul_nxt = a[(nb >> 2) + 1] ^ sk
+                ul_prv = a[(nb >> 2) + 2] ^ sk
                 if ul_nxt:
                     if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_prv:
                     if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
+                if ul_nxt and (a[(ul_nxt >> 2) + 2] ^ sk) != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                if ul_prv and a[(ul_prv >> 2) + 1] != nb:
+                if ul_prv and (a[(ul_prv >> 2) + 1] ^ sk) != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_prv == 0:
                     if nsize < (16 << gs):
@@ -590,9 +595,9 @@ def _binder():
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
                 if ul_nxt:
-                    a[(ul_nxt >> 2) + 2] = ul_prv
+                    a[(ul_nxt >> 2) + 2] = ul_prv ^ sk
                 if ul_prv:
-                    a[(ul_prv >> 2) + 1] = ul_nxt
+                    a[(ul_prv >> 2) + 1] = ul_nxt ^ sk
                 else:
                     a[ul_head] = ul_nxt
                     if ul_nxt == 0:
@@ -608,17 +613,17 @@ def _binder():
                 b -= psize
                 #@use unlink(b, psize)
                 # The class (and so the list head) matters only when b heads its list.
-                ul_nxt = a[(b >> 2) + 1]
-                ul_prv = a[(b >> 2) + 2]
+                ul_nxt = a[(b >> 2) + 1] ^ sk
+                ul_prv = a[(b >> 2) + 2] ^ sk
                 if ul_nxt:
                     if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
                 if ul_prv:
                     if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-                if ul_nxt and a[(ul_nxt >> 2) + 2] != b:
+                if ul_nxt and (a[(ul_nxt >> 2) + 2] ^ sk) != b:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-                if ul_prv and a[(ul_prv >> 2) + 1] != b:
+                if ul_prv and (a[(ul_prv >> 2) + 1] ^ sk) != b:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
                 if ul_prv == 0:
                     if psize < (16 << gs):
@@ -638,9 +643,9 @@ def _binder():
                         owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
                 # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
                 if ul_nxt:
-                    a[(ul_nxt >> 2) + 2] = ul_prv
+                    a[(ul_nxt >> 2) + 2] = ul_prv ^ sk
                 if ul_prv:
-                    a[(ul_prv >> 2) + 1] = ul_nxt
+                    a[(ul_prv >> 2) + 1] = ul_nxt ^ sk
                 else:
                     a[ul_head] = ul_nxt
                     if ul_nxt == 0:
@@ -666,10 +671,10 @@ def _binder():
             if ln_nxt:
                 if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
                     owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
-            a[(b >> 2) + 1] = ln_nxt
-            a[(b >> 2) + 2] = 0
+            a[(b >> 2) + 1] = ln_nxt ^ sk
+            a[(b >> 2) + 2] = sk  # 0, the list's start
             if ln_nxt:
-                a[(ln_nxt >> 2) + 2] = b
+                a[(ln_nxt >> 2) + 2] = b ^ sk
             a[ln_head] = b
             ln_fl = hc_li >> 4
             a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
@@ -681,9 +686,8 @@ def _binder():
         def ksize(ptr) -> int:
             nonlocal box
             ad = int(addr)
-            if ad == 0:  # the default heap, before its first use
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return int(owner.ksize(ptr))
             a = ptr32(ad)
             box = ptr  # as in kmalloc
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
@@ -695,6 +699,7 @@ def _binder():
                 return 0
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 return int(owner._ksize_slow(ptr))
@@ -716,6 +721,8 @@ def _binder():
         @micropython.viper
         def kzalloc(nbytes) -> object:
             nonlocal box
+            if int(addr) == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.kzalloc(nbytes)
             p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
             a = ptr32(int(addr))
             box = p
@@ -738,9 +745,8 @@ def _binder():
         def kcalloc(count, nbytes) -> object:
             nonlocal box
             ad = int(owner._addr)  # no addr cell: with kzalloc, owner and box, 5 in all
-            if ad == 0:  # the default heap, before its first use
-                owner()
-                ad = int(owner._addr)
+            if ad == 0:  # the default heap before its first use
+                return owner.kcalloc(count, nbytes)
             a = ptr32(ad)
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
             box = count  # both object words, as in kmalloc
@@ -757,9 +763,8 @@ def _binder():
         def krealloc(ptr, nbytes) -> object:
             nonlocal box
             ad = int(addr)
-            if ad == 0:  # the default heap, before its first use
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.krealloc(ptr, nbytes)
             a = ptr32(ad)
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
             box = nbytes  # both object words, as in kmalloc
@@ -781,6 +786,7 @@ def _binder():
                 n = w >> 1
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 return owner._krealloc_bad(ptr)  # ValueError
@@ -845,17 +851,17 @@ def _binder():
             if nsize:
                 #@use unlink(nb, nsize)
                 # The class (and so the list head) matters only when nb heads its list.
-                ul_nxt = a[(nb >> 2) + 1]
-                ul_prv = a[(nb >> 2) + 2]
+                ul_nxt = a[(nb >> 2) + 1] ^ sk
+                ul_prv = a[(nb >> 2) + 2] ^ sk
                 if ul_nxt:
                     if ul_nxt < a[_W_FIRST] or ul_nxt >= a[_W_END] or (ul_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_prv:
                     if ul_prv < a[_W_FIRST] or ul_prv >= a[_W_END] or (ul_prv + 4) & gm:
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                if ul_nxt and a[(ul_nxt >> 2) + 2] != nb:
+                if ul_nxt and (a[(ul_nxt >> 2) + 2] ^ sk) != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
-                if ul_prv and a[(ul_prv >> 2) + 1] != nb:
+                if ul_prv and (a[(ul_prv >> 2) + 1] ^ sk) != nb:
                     owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 if ul_prv == 0:
                     if nsize < (16 << gs):
@@ -875,9 +881,9 @@ def _binder():
                         owner._corrupt(a[_W_BASE] + nb, _BAD_LINK)
                 # The writes of an unlink, once unlink_check (or unlink_from's check) has passed.
                 if ul_nxt:
-                    a[(ul_nxt >> 2) + 2] = ul_prv
+                    a[(ul_nxt >> 2) + 2] = ul_prv ^ sk
                 if ul_prv:
-                    a[(ul_prv >> 2) + 1] = ul_nxt
+                    a[(ul_prv >> 2) + 1] = ul_nxt ^ sk
                 else:
                     a[ul_head] = ul_nxt
                     if ul_nxt == 0:
@@ -899,10 +905,10 @@ def _binder():
                 if ln_nxt:
                     if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
                         owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
-                a[(r >> 2) + 1] = ln_nxt
-                a[(r >> 2) + 2] = 0
+                a[(r >> 2) + 1] = ln_nxt ^ sk
+                a[(r >> 2) + 2] = sk  # 0, the list's start
                 if ln_nxt:
-                    a[(ln_nxt >> 2) + 2] = r
+                    a[(ln_nxt >> 2) + 2] = r ^ sk
                 a[ln_head] = r
                 ln_fl = hc_li >> 4
                 a[_W_SLMAP + ln_fl] = a[_W_SLMAP + ln_fl] | (1 << (hc_li & 15))
@@ -924,9 +930,8 @@ def _binder():
         def memset(ptr, value, nbytes) -> object:
             global _ret  # not the box cell: over 5 cells and arguments, a closure call allocates
             ad = int(addr)
-            if ad == 0:
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.memset(ptr, value, nbytes)
             bad = 0
             try:
                 q = int(ptr)
@@ -950,6 +955,7 @@ def _binder():
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             start = int(containing_at(addr, p))  # addr: the int object, no boxing
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
@@ -972,9 +978,8 @@ def _binder():
         def memcpy(dst, src, nbytes) -> object:
             global _ret  # not the box cell: over 5 cells and arguments, a closure call allocates
             ad = int(addr)
-            if ad == 0:
-                owner()
-                ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
+                return owner.memcpy(dst, src, nbytes)
             bad = 0
             try:
                 qd = int(dst)
@@ -998,6 +1003,7 @@ def _binder():
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
+            sk = a[_W_SECRET]
             s = qs - a[_W_BASE]
             start = int(containing_at(addr, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:

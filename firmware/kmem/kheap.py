@@ -50,10 +50,12 @@ def _virtual_base(size):
     return base
 
 
-def check_heap_args(size, base, align):
+def check_heap_args(size, base, align, hardened=False):
     """Validate Heap() arguments without allocating; returns the granule."""
     _need_int(size, "size")
     _need_int(align, "align")
+    if hardened is not True and hardened is not False:
+        raise TypeError("hardened must be True or False, not %s" % type(hardened).__name__)
     if not _MIN_ARENA <= size <= tlsf.MAX_ARENA:
         raise ValueError("size must be %d..%d bytes" % (_MIN_ARENA, tlsf.MAX_ARENA))
     if align not in (4, 8, 16):
@@ -83,8 +85,8 @@ class Heap:
     n bytes with value (0..255) and memcpy(dst, src, n) copies n bytes (overlap-safe, like
     memmove), each range inside one live block."""
 
-    def __init__(self, size=32768, base=None, align=4):
-        granule = check_heap_args(size, base, align)
+    def __init__(self, size=32768, base=None, align=4, hardened=False):
+        granule = check_heap_args(size, base, align, hardened)
         arena = bytearray(size)
         if base is None:
             # The arena's real address when it is a small int (RP2040, ESP32).
@@ -101,11 +103,28 @@ class Heap:
         self.align = align
         self._debug = False
         self._vm_steps = 0  # vm.py's budget of list steps for the current call
+        self._guard = None  # a hardened heap's checks (harden.py)
+        if hardened:
+            from . import harden
+            secret = harden.secret()
+            tlsf.store32(arena, tlsf.W_SECRET_OFFSET, secret)  # before any link is stored
         self.kfree(base + whole)  # the one block format() left: now the heap is empty
         tlsf.store32(arena, tlsf.W_FREES_OFFSET, 0)  # that free was no caller's
+        if hardened:
+            self._guard = harden.Guard(self, secret)
 
     def __repr__(self):
-        return "<Heap %d bytes at 0x%08x>" % (self.size, self.base)
+        return "<%sHeap %d bytes at 0x%08x>" % ("hardened " if self._guard else "",
+                                                self.size, self.base)
+
+    @property
+    def hardened(self):
+        return self._guard is not None
+
+    def _usable(self, off):
+        # Usable bytes of the live block at payload offset off: on a hardened heap, the
+        # bytes asked for (its red zone and seal verified).
+        return self._guard.usable(off) if self._guard else tlsf.usable(self.arena, off)
 
     # ---- address checks --------------------------------------------------------
 
@@ -135,6 +154,8 @@ class Heap:
         if found != kind:
             raise self._bad_pointer(0 if ptr is None else ptr, fn,
                                     -2 if found >= 0 else -1, kind)
+        if self._guard:
+            self._guard.usable(off)  # the seal names the kind too
         return ptr
 
     def _block_end(self, ptr, fn):
@@ -144,7 +165,7 @@ class Heap:
         start = tlsf.block_containing(self.arena, off) if off >= 0 else -1
         if start < 0:
             raise ValueError("%s: %s is not inside a live block" % (fn, hexaddr(ptr or 0)))
-        return start + tlsf.usable(self.arena, start)
+        return start + self._usable(start)
 
     def _span(self, ptr, n, fn):
         # Offset of ptr when [ptr, ptr+n) lies inside one live block.
@@ -158,13 +179,14 @@ class Heap:
 
     # ---- allocation --------------------------------------------------------------
 
-    def _quietly(self, fn, arg):
+    def _quietly(self, fn, *args):
         # A hot path without its own debug message (the caller prints the seed's).
+        flags = tlsf.load32(self.arena, tlsf.W_FLAGS_OFFSET)
         tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, 0)
         try:
-            return fn(arg)
+            return fn(*args)
         finally:
-            tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, tlsf.FLAG_DEBUG if self._debug else 0)
+            tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, flags)
 
     def _alloc(self, size, kind, asked=None):
         # Blocks of every kind come from the kmalloc hot path; the argument is already
@@ -177,6 +199,8 @@ class Heap:
         if kind:
             off = ptr - self.base - 4
             tlsf.store32(self.arena, off, tlsf.load32(self.arena, off) | kind << tlsf.KIND_SHIFT)
+            if self._guard:
+                self._guard.seal(ptr, size)  # the seal covers the kind
         if self._debug:
             print("Memory allocated: %d bytes at 0x%08x" % (asked or size, ptr))
         return ptr
@@ -192,11 +216,17 @@ class Heap:
             raise self._bad_pointer(ptr, fn, -2 if found >= 0 else -1, kind)
         hdr = tlsf.load32(self.arena, off - 4)
         if kind:
+            n = self._guard.usable(off) if self._guard else 0
             tlsf.store32(self.arena, off - 4, hdr & ~(3 << tlsf.KIND_SHIFT))
+            if self._guard:
+                self._guard.seal(ptr, n)
         try:
             self._quietly(self.kfree, ptr)
         except CorruptionError:
-            tlsf.store32(self.arena, off - 4, hdr)  # the block keeps its kind
+            if kind:
+                tlsf.store32(self.arena, off - 4, hdr)  # the block keeps its kind
+                if self._guard:
+                    self._guard.seal(ptr, n)
             raise
 
     def _zalloc(self, size, kind):
@@ -255,7 +285,7 @@ class Heap:
             raise TypeError("ksize: pointer must be an int or None, not %s"
                             % type(ptr).__name__)
         self._expect(ptr, KIND_PLAIN, "ksize")  # a big int may still name a block
-        return tlsf.usable(self.arena, ptr - self.base)
+        return self._usable(ptr - self.base)
 
     def _kcalloc_slow(self, n, size):
         # kcalloc of anything but two small ints below 2**15. n * size cannot wrap as C's
@@ -287,7 +317,9 @@ class Heap:
 
     def _krealloc_move(self, ptr, size):
         # The block cannot grow in place: a new one, the bytes, the old one freed (each hot
-        # path prints its own debug line).
+        # path prints its own debug line). A hardened heap's krealloc moves it itself.
+        if self._guard:
+            return None
         new = self.kmalloc(size)
         if new is not None:
             off = ptr - self.base
@@ -316,7 +348,7 @@ class Heap:
     def kernel_stack_top(self, stack):
         """Initial stack pointer of a kernel stack: its 8-aligned high end."""
         self._expect(stack, KIND_STACK, "kernel_stack_top")
-        return stack + (tlsf.usable(self.arena, stack - self.base) & ~7)
+        return stack + (self._usable(stack - self.base) & ~7)
 
     def free_kernel_stack(self, stack):
         """Free a stack from allocate_kernel_stack(); NULL is a no-op. A damaged canary
@@ -402,7 +434,9 @@ class Heap:
     def check(self):
         """Verify every heap invariant, the address spaces' lists included: True, or
         CorruptionError naming the fault."""
-        tlsf.check(self.arena, self.base)
+        tlsf.check(self.arena, self.base, self._guard.secret if self._guard else 0)
+        if self._guard:
+            self._guard.check()
         for off, size, kind, free in tlsf.blocks(self.arena):
             if kind == KIND_MM and not free:  # loaded only when there is an mm_struct
                 from .vmcheck import check_lists

@@ -19,8 +19,9 @@
 #   offset 0)  [16] FLAGS (bit 0: debug messages on)  [17..21] BOX, BOXHI, BOXTOP, ZERO,
 #   NONE: where hot.py's paths find their box cell (see hot.py)  [22] FREEMASK, [23]
 #   LIVEMASK: the header bits checked in a free and in a live block  [24..31] CTZ: the
-#   de Bruijn table of the ctz and fls helpers (blocks/tlsf.blocks)
-#   [32 .. 32+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
+#   de Bruijn table of the ctz and fls helpers (blocks/tlsf.blocks)  [32] SECRET: the
+#   free-list links are stored XOR it (0 unless the heap is hardened: harden.py)
+#   [33 .. 33+FLCOUNT)       SLMAP[fl]: second-level bitmap per first level
 #   [HEADS .. +FLCOUNT*16)   HEADS[fl*16+sl]: first free block of each class
 #   [LIVEMAP ..)             one bit per granule: set at each live payload
 #   FIRST ..                 blocks, then a 4-byte epilogue header at END
@@ -29,8 +30,8 @@
 #   header = size | kind << 28 | PREV_FREE (2) | FREE (1)
 #   size: whole block in bytes (header included), a multiple of G, >= 16.
 #   kind: 0 kmalloc block, 1 kernel stack, 2 mm_struct, 3 vm_area_struct.
-#   A free block also holds: +4 next free, +8 previous free (offsets, 0 = end)
-#   and its size again in its last word (the boundary tag that lets the block
+#   A free block also holds: +4 next free, +8 previous free (offsets, 0 = end;
+#   stored XOR SECRET) and its size again in its last word (the boundary tag that lets the block
 #   after it find it when coalescing). A live block costs only its header.
 #
 # Size classes: with SL = 16 lists per first level, sizes below 16*G map
@@ -93,10 +94,12 @@ _W_NONE = const(21)  # the object word of None
 _W_FREEMASK = const(22)  # header bits that must read 1 (FREE) for a free block: 0xF0000007|gm
 _W_LIVEMASK = const(23)  # header bits that must be 0 in a live block: 0xC0000005|gm&~7
 _W_CTZ = const(24)  # 8 words: the de Bruijn table of ctz and fls
-_W_SLMAP = const(32)
+_W_SECRET = const(32)  # free-list links are stored XOR this (0 but on a hardened heap)
+_W_SLMAP = const(33)
 FLAG_DEBUG = const(1)
 W_FLAGS_OFFSET = const(64)  # _W_FLAGS * 4, for kheap
 W_FREES_OFFSET = const(28)  # _W_FREES * 4, for kheap
+W_SECRET_OFFSET = const(128)  # _W_SECRET * 4, for kheap
 
 _FREE = const(1)
 _PREV_FREE = const(2)
@@ -296,10 +299,11 @@ def largest_free(arena):
     sl = _fls(load32(arena, (_W_SLMAP + fl) * 4))
     b = load32(arena, (load32(arena, _W_HEADS * 4) + fl * 16 + sl) * 4)
     best = 0
+    secret = load32(arena, _W_SECRET * 4)
     steps = load32(arena, _W_NFREE * 4)  # bounded: a looped list ends the walk
     while b and steps > 0 and b < len(arena) - 4:
         best = max(best, load32(arena, b) & _SIZE_MASK)
-        b = load32(arena, b + 4)
+        b = load32(arena, b + 4) ^ secret
         steps -= 1
     return best - HEADER
 
@@ -317,8 +321,9 @@ def blocks(arena):
         b += size
 
 
-def check(arena, base):
-    """Walk the arena and verify every invariant above; True or CorruptionError."""
+def check(arena, base, secret=0):
+    """Walk the arena and verify every invariant above (secret: the links' secret);
+    True or CorruptionError."""
     def fail(off, what):
         raise CorruptionError("block at 0x%08x: %s" % (base + off, what))
 
@@ -333,8 +338,8 @@ def check(arena, base):
     if gshift not in (3, 4) or (flcount, heads, livemap, first, end) != _layout(
             len(arena), gshift)[0]:
         raise CorruptionError("arena control block overwritten (bad bounds)")
-    if word(_W_BASE) != base & 0xFFFFFFFF or word(_W_ZERO):
-        raise CorruptionError("arena control block overwritten (base or zero word)")
+    if word(_W_BASE) != base & 0xFFFFFFFF or word(_W_ZERO) or word(_W_SECRET) != secret:
+        raise CorruptionError("arena control block overwritten (base, zero word or secret)")
     g = 1 << gshift
     for index, value in _derived_words(arena, g):
         if word(index) != value:
@@ -409,9 +414,9 @@ def check(arena, base):
                     fail(b, "on free list %d/%d but not free" % (fl, sl))
                 if _class_of(gshift, hdr & _SIZE_MASK) != fl * 16 + sl:
                     fail(b, "on free list %d/%d, the wrong size class" % (fl, sl))
-                if load32(arena, b + 8) != prev:
+                if load32(arena, b + 8) ^ secret != prev:
                     fail(b, "back link of free list %d/%d is wrong" % (fl, sl))
-                prev, b = b, load32(arena, b + 4)
+                prev, b = b, load32(arena, b + 4) ^ secret
     if listed != nfree:
         raise CorruptionError("%d free blocks, %d on free lists" % (nfree, listed))
     return True
