@@ -56,10 +56,14 @@ def _seal(a: ptr32, off: int, n: int, secret: int):
 
 
 @micropython.viper
-def _unseal(a: ptr32, off: int, secret: int) -> int:
+def _unseal(a: ptr32, off: int, secret: int, limit: int) -> int:
     # n of the live block at payload off; -1: the seal does not decode to a size that fits
     # (header or seal damaged); -2 - k: the red zone is damaged at byte k of the payload.
-    end = off + (a[(off >> 2) - 1] & _SIZE_MASK) - 4 - 4
+    # limit: the arena's length (a damaged size is not followed past it).
+    size = a[(off >> 2) - 1] & _SIZE_MASK
+    if size < 16 or off - 4 + size > limit:
+        return -1
+    end = off + size - 4 - 4
     n = (a[end >> 2] ^ (((a[(off >> 2) - 1] & -3) * _MIX) >> 2) ^ secret) & 0x3FFFFFFF
     if n > end - off - 1:
         return -1
@@ -108,7 +112,7 @@ class Guard:
 
     def usable(self, off):
         """The n asked for of the live block at payload offset off, verified."""
-        n = _unseal(self.h.arena, off, self.secret)
+        n = _unseal(self.h.arena, off, self.secret, self.h.size)
         if n == -1:
             self._fault(off, "seal overwritten (the header's size or kind changed, or "
                         "the block's last word)")
@@ -135,8 +139,11 @@ class Guard:
         if p is None:
             return h._oom()
         off = p - h.base
+        end = off + tlsf.usable(h.arena, off)
+        if not tlsf.load32(h.arena, end) & _FREE:  # not split: its last word was the tag
+            end -= 4
         try:
-            self._poisoned(off, off + 8, off + tlsf.usable(h.arena, off) - 4)
+            self._poisoned(off, off + 8, end)
         except CorruptionError:
             self._release(off, True)  # not handed out; the damage stays for check()
             raise

@@ -60,11 +60,13 @@ _BAD_HEADER = const(2)
 _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
 _BAD_MAP = const(5)
+_BAD_POISON = const(6)
 #@end
 
 _CORRUPT = ("free list link is broken", "free block header or boundary tag overwritten",
             "header overwritten", "header of the next block overwritten",
-            "boundary tag before the block overwritten", "free-list bitmap overwritten")
+            "boundary tag before the block overwritten", "free-list bitmap overwritten",
+            "freed memory written (use after free)")
 
 
 class CorruptionError(Exception):
@@ -340,6 +342,16 @@ def _binder():
             if size < need:
                 owner._corrupt(a[_W_BASE] + b, _BAD_FREE)
             if size - need >= MIN_BLOCK:  # the list the rest will head, checked before writing
+                #@use poison_check(b + need, b + 12)
+                if sk:
+                    pc_w = 0x6B6B
+                    pc_w |= pc_w << 16  # 0x6B6B6B6B, built at run time: as a constant it would be a big int
+                    pc_i = (b + need)
+                    while pc_i < (b + need) + 12:
+                        if pc_i >= (b + 12) and a[pc_i >> 2] != pc_w:
+                            owner._corrupt(a[_W_BASE] + (b + need), _BAD_POISON)
+                        pc_i += 4
+                #@end
                 #@use head_check(size - need)
                 if (size - need) < (16 << gs):
                     hc_li = (size - need) >> gs
@@ -828,6 +840,16 @@ def _binder():
                 return owner._krealloc_move(ptr, nbytes)  # nothing has changed
             rest = size + nsize - need
             if rest >= MIN_BLOCK:
+                #@use poison_check(b + need, nb + 12)
+                if sk:
+                    pc_w = 0x6B6B
+                    pc_w |= pc_w << 16  # 0x6B6B6B6B, built at run time: as a constant it would be a big int
+                    pc_i = (b + need)
+                    while pc_i < (b + need) + 12:
+                        if pc_i >= (nb + 12) and a[pc_i >> 2] != pc_w:
+                            owner._corrupt(a[_W_BASE] + (b + need), _BAD_POISON)
+                        pc_i += 4
+                #@end
                 #@use head_check(rest)
                 if rest < (16 << gs):
                     hc_li = rest >> gs

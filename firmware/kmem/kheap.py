@@ -151,11 +151,11 @@ class Heap:
         """ptr as an int if it starts a live block of that kind, else ValueError."""
         off = -1 if ptr is None else self._offset(ptr, fn)
         found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
+        if self._guard and found >= 0:
+            self._guard.usable(off)  # the seal covers the kind: a flipped one is corruption
         if found != kind:
             raise self._bad_pointer(0 if ptr is None else ptr, fn,
                                     -2 if found >= 0 else -1, kind)
-        if self._guard:
-            self._guard.usable(off)  # the seal names the kind too
         return ptr
 
     def _block_end(self, ptr, fn):
@@ -182,6 +182,8 @@ class Heap:
     def _quietly(self, fn, *args):
         # A hot path without its own debug message (the caller prints the seed's).
         flags = tlsf.load32(self.arena, tlsf.W_FLAGS_OFFSET)
+        if not flags:
+            return fn(*args)
         tlsf.store32(self.arena, tlsf.W_FLAGS_OFFSET, 0)
         try:
             return fn(*args)
@@ -212,6 +214,8 @@ class Heap:
             print("Memory free requested at 0x%08x" % ptr)
         off = self._offset(ptr, fn)
         found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
+        if self._guard and found >= 0:
+            self._guard.usable(off)  # a flipped kind is corruption
         if found != kind:
             raise self._bad_pointer(ptr, fn, -2 if found >= 0 else -1, kind)
         hdr = tlsf.load32(self.arena, off - 4)

@@ -115,6 +115,7 @@ _BAD_HEADER = const(2)
 _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
 _BAD_MAP = const(5)
+_BAD_POISON = const(6)
 #@end
 
 # ---- bit helpers (set-up and introspection: plain Python) -------------------

@@ -57,9 +57,9 @@ diff = time.ticks_diff
 """
 
 _PAIRS = _COMMON + """\
-def fragment(live):
+def fragment(live, hardened=False):
     # 2*live blocks of 8..64 bytes, every second one freed: live blocks with free gaps.
-    init({arena})
+    init({arena}, hardened=True) if hardened else init({arena})  # the reference has no hardened
     ps = [kmalloc(8 + rnd(57)) for _ in range(2 * live)]
     for i in range(0, len(ps), 2):
         kfree(ps[i])
@@ -77,7 +77,7 @@ def bytearrays(n):
 n = 100
 while bytearrays(n) < 20000 and n < 1 << 20:
     n *= 2
-res = {{'n': n, 'bytearray': []}}
+res = {{'n': n, 'bytearray': [], 'hardened': []}}
 for live in {lives}:
     res[live] = []
 for r in range({rounds}):
@@ -88,11 +88,16 @@ for r in range({rounds}):
         gc.collect()
         res[live].append(pairs(n) * 1000 // n)
         keep = None
+    if {hardened_too}:  # the same pair on a hardened heap
+        keep = fragment({lives}[0], True)
+        gc.collect()
+        res['hardened'].append(pairs(n // 8 or 1) * 8000 // n)
+        keep = None
 print(repr(res))
 """
 
 _TRACE = _COMMON + """\
-init({arena})
+init({arena}{hardened})
 # Preallocated records and no collection during the trace: its maximum is kmem's, not a
 # garbage collection of the harness's own lists.
 kinds = [0] * {ops}
@@ -162,7 +167,7 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def run(target, info, rounds, quick):
+def run(target, info, rounds, quick, hardened_too=True):
     heap = info.heap or target.profile["heap_size"]
     lives = [n for n in LIVE if n * ARENA_PER_LIVE + 4096 <= heap // 3]
     skipped = [n for n in LIVE if n not in lives]
@@ -178,7 +183,8 @@ def run(target, info, rounds, quick):
                                             timeout=600).strip().splitlines()[-1])
 
     arena = max(lives) * ARENA_PER_LIVE + 4096
-    pairs = go(_PAIRS, arena=arena, lives=lives, rounds=rounds)
+    pairs = go(_PAIRS, arena=arena, lives=lives, rounds=rounds, hardened_too=hardened_too)
+    hardened = pairs.pop("hardened")
     out["pair_iterations"] = pairs["n"]
     out["bytearray_ns"] = summary(pairs["bytearray"])
     out["pair_ns"] = {n: summary(pairs[n]) for n in lives}
@@ -186,6 +192,9 @@ def run(target, info, rounds, quick):
     # alike, so the median of these ratios is steadier than the ratio of the medians.
     out["pair_ratio"] = {n: summary([p / b for p, b in zip(pairs[n], pairs["bytearray"])])
                          for n in lives}
+    if hardened_too:  # the cost of a hardened heap: the same pair at the smallest L
+        out["hardened_pair_ns"] = summary(hardened)
+        out["hardened_pair_ratio"] = summary([h / p for h, p in zip(hardened, pairs[lives[0]])])
     # 64 KiB as the issue asks, or the largest power of two a small board can hold.
     small = 65536
     while small * 4 > heap and small > 4096:
@@ -196,10 +205,11 @@ def run(target, info, rounds, quick):
                                 f"does not fit the board's {heap}-byte heap four times")
     ops = 500 if quick else 3000 if heap > 512 * 1024 else 1000  # its records must fit
     out["trace_ops"] = ops
-    trace = go(_TRACE, ops=ops, arena=small)
-    out["trace_us"] = {op: summary(t) for op, t in trace.items() if t}
-    all_ops = [t for ts in trace.values() for t in ts]
-    out["trace_us"]["all"] = summary(all_ops)
+    for key, hard in (("trace_us", ""), ("hardened_trace_us", ", hardened=True"))[
+            :2 if hardened_too else 1]:
+        trace = go(_TRACE, ops=ops, arena=small, hardened=hard)
+        out[key] = {op: summary(t) for op, t in trace.items() if t}
+        out[key]["all"] = summary([t for ts in trace.values() for t in ts])
     occ = go(_OCCUPANCY, churn=500 if quick else 3000, arena=small)
     out["occupancy"] = occ["used"] / occ["size"]
     out["header_bytes_per_live_block"] = occ["header_max"]
@@ -267,6 +277,12 @@ def report(r):
     lines.append(f"  trace of {r['trace_ops']} operations, per operation:")
     for op, s in r["trace_us"].items():
         lines.append(f"  trace {op:<9} median {s['median']:6.1f} us  max {s['max']:6.0f} us")
+    if "hardened_pair_ns" in r:
+        h, q = r["hardened_pair_ns"], r["hardened_pair_ratio"]
+        lines.append(f"  hardened heap: kmalloc(32)+kfree L={min(r['pair_ns'])} {h['median']:8.0f} ns  "
+                     f"{q['median']:5.2f}x the default heap's [{q['min']:.2f}..{q['max']:.2f}]")
+    for op, s in r.get("hardened_trace_us", {}).items():
+        lines.append(f"  hardened trace {op:<9} median {s['median']:6.1f} us  max {s['max']:6.0f} us")
     lines.append(f"  occupancy at first failure {r['occupancy']:.3f}; "
                  f"header bytes per live block {r['header_bytes_per_live_block']}")
     lines.append(f"  import kmem: {r['import_bytes']} bytes of MicroPython heap")
@@ -297,7 +313,7 @@ def main(argv=None):
                 raise ValueError("--reference runs on unix targets only")
             ref = targets.UnixTarget(target.profile, mpy_dir=str(
                 reference_mpy(args.reference, build.host_arch())))
-            result["reference"] = run(ref, info, args.rounds, args.quick)
+            result["reference"] = run(ref, info, args.rounds, args.quick, hardened_too=False)
             result["reference"]["revision"] = args.reference
     except (targets.TargetError, targets.TargetTimeout, targets.TargetUnavailable,
             ValueError) as e:
