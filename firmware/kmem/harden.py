@@ -220,7 +220,6 @@ class Guard:
             self.kfree(ptr)
         return new
 
-
     def check(self):
         """Verify every live block's seal and red zone and every free block's poison."""
         for off, size, _, free in tlsf.blocks(self.h.arena):

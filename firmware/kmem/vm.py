@@ -217,7 +217,8 @@ def _commit(h, lslot, left, pslot, first, stop, pieces, fn):
             if not a:
                 for a in new:
                     h._free(a, KIND_VMA, fn)
-                raise OSError(errno.ENOMEM)
+                raise OSError(errno.ENOMEM, "%s: no room in the arena for a vm_area_struct"
+                              % fn)
             p[3] = a
             new.append(a)
     # Point of no return: free unused window structs, then write and relink.
@@ -321,7 +322,7 @@ def mprotect(h, mm, start, length, flags):
     s, e = _range(start, length, fn)
     lslot, left, pslot, first, last, stop, gap = _span(h, mm, s, e)
     if gap:
-        raise OSError(errno.ENOMEM)
+        raise OSError(errno.ENOMEM, "%s: [0x%08x, 0x%08x) is not all mapped" % (fn, s, e))
     # Each area in the range gives a piece of it with the new rights (and its own other
     # flags), and keeps its struct for its first piece; _commit merges equal neighbours.
     pieces = []
