@@ -77,6 +77,28 @@ def _unseal(a: ptr32, off: int, secret: int, limit: int) -> int:
 
 
 @micropython.viper
+def _handed_out(a: ptr32, off: int) -> int:
+    # The block at payload off, just taken from a free block by the kmalloc hot path: the
+    # offset of the first of its freed bytes (past the links it had, up to its boundary
+    # tag, or its last word too when it was split from a bigger block) that is not POISON,
+    # else -1. The hot path has checked the header.
+    end = off + (a[(off >> 2) - 1] & _SIZE_MASK) - 4  # the next block's header
+    if (a[end >> 2] & _FREE) == 0:  # not split: its last word was the boundary tag
+        end -= 4
+    w = 0x6B6B
+    w |= w << 16  # four POISON bytes, built at run time (as a constant: a big int)
+    i = off + 8  # word-aligned, as end is
+    while i < end:
+        if a[i >> 2] != w:
+            b = ptr8(a)
+            while b[i] == POISON:
+                i += 1
+            return i
+        i += 4
+    return -1
+
+
+@micropython.viper
 def _first_unlike(a: ptr8, start: int, end: int, byte: int) -> int:
     # Offset of the first byte in [start, end) that is not byte, else -1.
     while start < end:
@@ -135,20 +157,18 @@ class Guard:
         h = self.h
         if type(size) is not int or size <= 0 or size >= h.size:
             return self._kmalloc(size)  # its errors, None for 0, a failure when too big
-        p = h._quietly(self._kmalloc, size + TAIL)
+        # (Heap._quietly only when debug is on: it costs more than the hot path itself.)
+        p = h._quietly(self._kmalloc, size + TAIL) if h._debug else self._kmalloc(size + TAIL)
         if p is None:
             return h._oom()
         off = p - h.base
-        end = off + tlsf.usable(h.arena, off)
-        if not tlsf.load32(h.arena, end) & _FREE:  # not split: its last word was the tag
-            end -= 4
-        try:
-            self._poisoned(off, off + 8, end)
-        except CorruptionError:
+        bad = _handed_out(h.arena, off)
+        if bad >= 0:
             self._release(off, True)  # not handed out; the damage stays for check()
-            raise
+            self._fault(off, "freed memory written at %s (use after free)"
+                        % _hex(h.base + bad))
         _seal(h.arena, off, size, self.secret)
-        if self._debug():
+        if h._debug and self._debug():
             print("Memory allocated: %d bytes at 0x%08x" % (size, p))
         return p
 
@@ -162,15 +182,19 @@ class Guard:
         # True if ptr starts a live kmalloc block (its seal verified); False: the hot path
         # is to answer (NULL, or the error; a block of another kind has its seal verified
         # first, so a flipped kind is reported as corruption).
-        kind = self.h._kind_at(ptr) if type(ptr) is int else -1
-        if kind >= 0:
-            self.usable(ptr - self.h.base)
+        if type(ptr) is not int:
+            return False
+        h = self.h
+        off = ptr - h.base
+        kind = tlsf.kind_of(h.arena, off) if 0 <= off < h.size else -1
+        if kind >= 0 and _unseal(h.arena, off, self.secret, h.size) < 0:
+            self.usable(off)  # raises, saying what is damaged
         return kind == KIND_PLAIN
 
     def kfree(self, ptr):
         if not self._plain(ptr):
             return self._kfree(ptr)  # NULL, or the error (after the debug line)
-        if self._debug():
+        if self.h._debug and self._debug():
             print("Memory free requested at 0x%08x" % ptr)
         self._release(ptr - self.h.base, False)
 
@@ -185,7 +209,10 @@ class Guard:
         size = hdr & _SIZE_MASK
         lo = b - 4 if hdr & _PREV_FREE else b + 12
         hi = b + size + 12 if tlsf.load32(h.arena, b + size) & _FREE else b + size - 4
-        h._quietly(self._kfree, h.base + off)
+        if h._debug:
+            h._quietly(self._kfree, h.base + off)
+        else:
+            self._kfree(h.base + off)
         if keep:
             tlsf.fill(h.arena, lo, POISON, b + 12 - lo)
             lo = b + size - 4
@@ -209,7 +236,8 @@ class Guard:
         if size + TAIL <= room:  # fits: stays, as Linux's krealloc does
             _seal(h.arena, off, size, self.secret)
             return ptr
-        if h._quietly(self._krealloc, ptr, size + TAIL) is not None:
+        if (h._quietly(self._krealloc, ptr, size + TAIL) if h._debug
+                else self._krealloc(ptr, size + TAIL)) is not None:
             # Grown in place into the free block after it: its freed bytes must be intact.
             self._poisoned(off, off + room + 12, off + tlsf.usable(h.arena, off) - 4)
             _seal(h.arena, off, size, self.secret)

@@ -127,7 +127,6 @@ def containing_at(addr: int, p: int) -> int:
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
     gm = (1 << gs) - 1
-    sk = a[_W_SECRET]
     #@use containing(start, p)
     start = -1
     if p >= a[_W_FIRST] + HEADER and p < a[_W_END]:
@@ -711,7 +710,6 @@ def _binder():
                 return 0
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
-            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             if p < a[_W_FIRST] + HEADER or p >= a[_W_END] or p & gm:
                 return int(owner._ksize_slow(ptr))
@@ -977,7 +975,6 @@ def _binder():
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
-            sk = a[_W_SECRET]
             p = q - a[_W_BASE]
             start = int(containing_at(addr, p))  # addr: the int object, no boxing
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
@@ -1025,7 +1022,6 @@ def _binder():
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
             gm = (1 << gs) - 1
-            sk = a[_W_SECRET]
             s = qs - a[_W_BASE]
             start = int(containing_at(addr, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
