@@ -83,6 +83,14 @@ DEPLOY_ARGS = --port $(or $(PORT),auto) $(if $(BOARD),--board $(BOARD)) --deploy
 deploy: $(STAMP)
 	$(KMEMHOST).deploy $(DEPLOY_ARGS)
 
+# The long differential fuzz (host_tests/test_fuzz.py, KMEM_FUZZ_LONG=1): fresh random
+# sequences each run, progress every 10 s, then operations, sequences, ops/s and per kind:
+#   make fuzz [TARGET=unix:rpi_pico (default)|vboard:rpi_pico|qemu|port:/dev/ttyACM0]
+#   [KMEM_FUZZ_EXAMPLES=N sequences]
+.PHONY: fuzz
+fuzz: $(STAMP) $(if $(filter qemu,$(TARGET)),qemu-firmware)
+	KMEM_FUZZ_LONG=1 $(PY) -m pytest host_tests/test_fuzz.py -s -q --target $(or $(TARGET),unix:rpi_pico)
+
 # Speed, worst case, occupancy and footprint on a target (tools/kmemhost/bench.py):
 #   make bench [TARGET=unix|vboard|qemu|port:/dev/ttyACM0] [BENCH_ARGS="--rounds 9 --reference"]
 # prints a table with PASS/FAIL per target figure and writes bench/results/*.json.
