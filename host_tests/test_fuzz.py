@@ -50,6 +50,8 @@ PROFILES = {
     "qemu": ((25, 300, 500), (250, 400, 500)),
     "port": ((10, 200, 300), (100, 300, 400)),
 }
+HARDENED_SHARE = 4  # a hardened heap gets a quarter of the sequences (its calls are slower)
+TAIL = 5  # the bytes a hardened heap adds to each request (firmware/kmem/harden.py)
 SMALL_HEAP = 150000  # below this the board's MicroPython heap is too small (ESP32): skipped
 
 # ---- ops: drawn as ints, decoded into tuples ------------------------------------------
@@ -168,7 +170,8 @@ def encode(ops):
 
 # ---- the target side -------------------------------------------------------------------
 
-# fuzz_batch(OPS) runs the ops and prints one line per op. Blocks are named by the index of
+# fuzz_batch(OPS, hardened) runs the ops on a default or a hardened heap and prints one
+# line per op. Blocks are named by the index of
 # the op that made them; an op on a block takes the i-th of the live blocks it may use
 # (modulo their number; kmalloc blocks and stacks apart, oldest first), an op on an mm the
 # i-th live mm, and says which it took, so that the host can follow. A board keeps it
@@ -186,13 +189,13 @@ def _fuzz_same(a: ptr8, off: int, n: int, byte: int) -> bool:
     return True
 def _fuzz_addr(c):
     return (c << 8) + (0xFF000000 if c & 0x8000 else 0)
-def fuzz_batch(OPS):
+def fuzz_batch(OPS, hardened):
     try:  # a batch that failed may have left blocks behind: start afresh
-        fresh = check() and not stats()['live_blocks']
+        fresh = check() and not stats()['live_blocks'] and heap().hardened == hardened
     except Exception:
         fresh = False
     if not fresh:
-        init(ARENA_SIZE)
+        init(ARENA_SIZE, hardened=hardened)
     h = heap()
     A, base = h.arena, h.base
     def intact(p, n, byte):
@@ -311,7 +314,7 @@ def fuzz_batch(OPS):
 """
 
 
-def run_batch(target, ops):
+def run_batch(target, ops, hardened=False):
     """Run the ops on the target in one round trip; the lines it printed.
 
     The ops travel as base64 in short pieces (a board's lexer needs a buffer as long as a
@@ -325,12 +328,13 @@ def run_batch(target, ops):
     call = "from binascii import a2b_base64\nOPS = bytearray()\n" + "".join(
         "OPS += a2b_base64(%r)\n" % data[i:i + 400] for i in range(0, len(data), 400))
     if target.kind != "unix":
-        out = bare.exec(call + "if 'fuzz_batch' in globals(): fuzz_batch(OPS)\n"
-                        "else: print('@@undefined')\n")
+        out = bare.exec(call + "if 'fuzz_batch' in globals(): fuzz_batch(OPS, %r)\n"
+                        "else: print('@@undefined')\n" % hardened)
         if not out.startswith("@@undefined"):
             return out.splitlines()
     runner = RUNNER.replace("ARENA_SIZE", str(target.profile["arena_size"]))
-    return bare.exec(target.prelude + runner + call + "fuzz_batch(OPS)\n").splitlines()
+    return bare.exec(target.prelude + runner + call
+                     + "fuzz_batch(OPS, %r)\n" % hardened).splitlines()
 
 
 # ---- the host side ---------------------------------------------------------------------
@@ -347,13 +351,15 @@ def flat(areas):
     return [x for area in areas for x in area]
 
 
-def struct_room(room, wanted, observed):
-    """Do `wanted` more 16-byte vm_area_structs fit, given the largest free block `room`?
-    None fit below 16 bytes; all fit in 16 + 24 * (wanted - 1) (a 16-byte payload takes a
-    24-byte block); in between it depends on the other free blocks: the target's answer."""
-    if room < 16:
+def struct_room(room, wanted, observed, tail=0):
+    """Do `wanted` more 16-byte vm_area_structs fit, given the largest free block `room`
+    (tail: the bytes a hardened heap adds to each block)? None fit below 16 + tail bytes;
+    all fit in 16 + tail + block * (wanted - 1) (a payload of 16 takes a 24-byte block, of
+    21 a 32-byte one); in between it depends on the other free blocks: the target's answer."""
+    need = 16 + tail
+    if room < need:
         return False
-    if room >= 16 + 24 * (wanted - 1):
+    if room >= need + ((need + 4 + 7) & ~7) * (wanted - 1):
         return True
     return observed
 
@@ -361,7 +367,8 @@ def struct_room(room, wanted, observed):
 class Replay:
     """Follows one sequence's answers with both models; assert on any difference."""
 
-    def __init__(self):
+    def __init__(self, tail=0):
+        self.tail = tail  # the bytes a hardened heap adds to each request (harden.TAIL)
         self.blocks = {}  # name: (start, bytes it spans)
         self.pools = ([], [])  # as the runner's: kmalloc blocks, stacks
         self.spans = []  # sorted (start, end) of the live blocks
@@ -391,10 +398,12 @@ class Replay:
             if kind != "stack" and size == 0:
                 assert p is None, "kmalloc(0) is NULL"
                 return
-            need = (size + 7 & ~7) + 8 if kind == "stack" else size
+            need = ((size + 7 & ~7) + 8 if kind == "stack" else size) + self.tail
             assert (p is not None) == (room >= need), ("fails exactly when nothing fits", room)
             if p is not None:
                 assert usable >= size and zeroed is True, ("short or not zeroed", usable)
+                assert not self.tail or kind == "stack" or usable == size, (
+                    "a hardened heap's ksize() is the size asked for", usable)
                 self._live(name, p, usable, kind == "stack")  # a stack: canary to top
             return
         if kind in ALLOC_KINDS:
@@ -413,16 +422,17 @@ class Replay:
             assert kept is True, "krealloc lost the old contents"
             size = op[2]
             if q is None and size:  # failed: nothing fits in place or elsewhere
-                assert size > old_usable and size > room, (room, old_usable)
+                assert size > old_usable and size + self.tail > room, (room, old_usable)
                 return
             self._dead(pool, j)
             if q is not None:
-                assert usable >= size, usable
+                assert usable >= size and (not self.tail or usable == size), usable
                 self._live(name, q, usable, False)
             return
         if kind == "mm_create":
             room, m = got
-            assert (m is not None) == (room >= 32), ("fails exactly when nothing fits", room)
+            assert (m is not None) == (room >= 32 + self.tail), ("fails exactly when nothing "
+                                                                 "fits", room)
             if m is not None:
                 self.mms.append(AddressSpace(start_heap=op[1]))
             return
@@ -437,7 +447,7 @@ class Replay:
         room, status, *value = got
         oom = status == "OSError" and value == [errno.ENOMEM] or (
             kind == "brk" and status == "ok" and value != [op[2]])
-        space.room = lambda wanted: struct_room(room, wanted, not oom)
+        space.room = lambda wanted: struct_room(room, wanted, not oom, self.tail)
         args = op[2:]
         try:
             if kind == "mm_destroy":
@@ -461,7 +471,7 @@ class Replay:
             "everything freed gives the heap back", tail[-1])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fuzz_count():
     count = {"ops": 0, "sequences": 0, "kinds": collections.Counter(), "start": time.time(),
              "shown": time.time(), "target": None}
@@ -480,10 +490,10 @@ def skip_small_heaps(target):
                     "(fuzzed on the 192 KiB targets)" % target.profile["heap_size"])
 
 
-def check_against_the_models(target, ops, fuzz_count=None):
+def check_against_the_models(target, ops, fuzz_count=None, hardened=False):
     skip_small_heaps(target)
-    lines = run_batch(target, ops)
-    replay = Replay()
+    lines = run_batch(target, ops, hardened)
+    replay = Replay(TAIL if hardened else 0)
     for name, (op, line) in enumerate(zip(ops, lines)):
         try:
             replay.op(name, op, parse(line))
@@ -495,7 +505,7 @@ def check_against_the_models(target, ops, fuzz_count=None):
         fuzz_count["ops"] += len(ops)
         fuzz_count["sequences"] += 1
         fuzz_count["kinds"].update(replay.kinds)
-        fuzz_count["target"] = target.name
+        fuzz_count["target"] = target.name + (", hardened heap" if hardened else "")
         if os.environ.get("KMEM_FUZZ_LONG") and time.time() - fuzz_count["shown"] > 10:
             fuzz_count["shown"] = time.time()
             print("  %d operations, %d sequences, %.0f ops/s" % (
@@ -503,16 +513,16 @@ def check_against_the_models(target, ops, fuzz_count=None):
                 fuzz_count["ops"] / (time.time() - fuzz_count["start"])), flush=True)
 
 
-def failure(target, ops, fuzz_count=None):
+def failure(target, ops, fuzz_count=None, hardened=False):
     """The AssertionError or TargetError the ops end in, or None."""
     try:
-        check_against_the_models(target, ops, fuzz_count)
+        check_against_the_models(target, ops, fuzz_count, hardened)
     except (AssertionError, TargetError) as e:
         return e
     return None
 
 
-def shrink(target, ops):
+def shrink(target, ops, hardened=False):
     """A shorter sequence that still fails: drop chunks of ops, halves down to single ones,
     while it does (any op list is a valid sequence: ops pick blocks and mms by index modulo
     what is live). Faster than hypothesis's shrinker on 600 ops that cannot be deleted below
@@ -521,7 +531,7 @@ def shrink(target, ops):
     while chunk:
         i = 0
         while i < len(ops):
-            if failure(target, ops[:i] + ops[i + chunk:]):
+            if failure(target, ops[:i] + ops[i + chunk:], hardened=hardened):
                 ops = ops[:i] + ops[i + chunk:]
             else:
                 i += chunk
@@ -529,11 +539,14 @@ def shrink(target, ops):
     return ops
 
 
-def test_kmem_matches_its_models(target, fuzz_count):
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_kmem_matches_its_models(target, fuzz_count, hardened):
     skip_small_heaps(target)
     long = bool(os.environ.get("KMEM_FUZZ_LONG"))
     examples, shortest, longest = PROFILES.get(target.kind, PROFILES["port"])[long]
     examples = int(os.environ.get("KMEM_FUZZ_EXAMPLES", "0")) or examples
+    if hardened:
+        examples = max(1, examples // HARDENED_SHARE)
 
     # Shrinking is ours (shrink above), so hypothesis only generates.
     @settings(max_examples=examples, deadline=None, derandomize=not long, database=None,
@@ -541,12 +554,12 @@ def test_kmem_matches_its_models(target, fuzz_count):
     @given(st.lists(st.integers(0, 0xFFFFFFFF), min_size=shortest, max_size=longest))
     def sequences(drawn):
         ops = [decode(x) for x in drawn]
-        if failure(target, ops, fuzz_count) is None:
+        if failure(target, ops, fuzz_count, hardened) is None:
             return
-        ops = shrink(target, ops)
+        ops = shrink(target, ops, hardened)
         raise AssertionError("kmem and the models differ; shrunk to %d ops (a regression test "
-                             "takes them as they are):\n%r\n%s" % (len(ops), ops,
-                                                                     failure(target, ops)))
+                             "takes them as they are):\n%r\n%s"
+                             % (len(ops), ops, failure(target, ops, hardened=hardened)))
 
     sequences()
 

@@ -108,10 +108,10 @@ class AddressSpace:
         if flags & ~RWX:  # Linux: PROT_* beyond rwx (or GROWSUP|GROWSDOWN together) is EINVAL
             raise ValueError("only VM_READ, VM_WRITE and VM_EXEC can change")
         if length == 0:
-            # A no-op, as in Linux. kmem still checks start as the start of a one-page range,
-            # so also the last page's start 0xfffff000 is a ValueError (Linux checks only
-            # that it is aligned, and returns 0).
-            check_range(start, PAGE_SIZE)
+            # A no-op, as in Linux, which checks only that start is aligned (kmem: and that
+            # it is a 32-bit address).
+            if start < 0 or start % PAGE_SIZE or start >= 1 << 32:
+                raise ValueError("bad start 0x%x" % start)
             return None
         s, e = check_range(start, length)
         inside = self._overlapping(s, e)

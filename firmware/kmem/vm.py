@@ -79,15 +79,22 @@ def _page_up(n):
     return (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
-def _range(start, length, fn):
-    # Validate a (start, length) user range; return (start, page-rounded end).
+def _start(start, fn):
+    # Validate the start of a user range: a page-aligned 32-bit address.
     _int(start, "start", fn)
-    _int(length, "length", fn)
     if start < 0:
         raise ValueError("%s: negative start %d" % (fn, start))
     if start % PAGE_SIZE:
         raise ValueError("%s: start 0x%08x is not a multiple of PAGE_SIZE"
                          % (fn, start))
+    if start >= _ADDR_LIMIT:
+        raise ValueError("%s: start 0x%x is past 32 bits" % (fn, start))
+
+
+def _range(start, length, fn):
+    # Validate a (start, length) user range; return (start, page-rounded end).
+    _start(start, fn)
+    _int(length, "length", fn)
     if length <= 0:
         raise ValueError("%s: length must be > 0, got %d" % (fn, length))
     end = start + _page_up(length)
@@ -316,8 +323,8 @@ def mprotect(h, mm, start, length, flags):
     if flags & ~_RWX:
         raise ValueError("%s: flags 0x%x: only VM_READ, VM_WRITE and VM_EXEC can change"
                          % (fn, flags))
-    if length == 0:
-        _range(start, PAGE_SIZE, fn)  # start is still checked
+    if length == 0:  # as Linux: only the start is checked
+        _start(start, fn)
         return
     s, e = _range(start, length, fn)
     lslot, left, pslot, first, last, stop, gap = _span(h, mm, s, e)
