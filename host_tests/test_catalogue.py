@@ -93,7 +93,7 @@ def checksum(a: ptr32, n: int) -> int:
         s = (s * 31 + a[i]) & 0x3FFFFFFF
         i += 1
     return s
-h = init(len(heap().arena), hardened=HARDENED)
+h = init(8192, hardened=True) if HARDENED else heap()  # 8 KiB: room beside the prelude's
 words = len(h.arena) // 4
 p = kmalloc(64)
 s = allocate_kernel_stack(256)

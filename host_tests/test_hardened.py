@@ -167,3 +167,4 @@ result = (p, s)
                      "Memory allocated: 64 bytes at 0x%08x" % s,
                      "Memory free requested at 0x%08x" % s,
                      "Memory free requested at 0x%08x" % p]
+

@@ -23,7 +23,8 @@ KINDS = list(COVERED)
 
 RUNNER = '''
 from kmem import tlsf
-import struct
+import gc, struct
+init(1024)  # the prelude's arena is not used: its room goes to the heaps below
 SEED = [1]
 def rnd(n):  # a small LCG: the same faults on every board
     SEED[0] = (SEED[0] * 1103515245 + 12345) & 0x7FFFFFFF
@@ -34,7 +35,7 @@ def flip_byte(h, off):
     h.arena[off] ^= 1 + rnd(255)
 
 def setup(hardened):
-    h = Heap(12288, hardened=hardened)
+    h = Heap(8192, hardened=hardened)
     live, freed = [], []
     for i in range(14):
         n = 8 + rnd(200)
@@ -157,6 +158,8 @@ def workload(h, live, s, m, spans):
 result = []
 for kind, hardened, seed in FAULTS:
     SEED[0] = seed
+    h = None
+    gc.collect()
     h, live, freed, s, m = setup(hardened)
     spans = [(a, n) for a, n, used in h.walk() if used]
     inject(kind, h, live, freed, s, m)

@@ -1,4 +1,6 @@
 """kmalloc: placement, alignment, zero-size and out-of-memory behaviour."""
+import copy
+
 import pytest
 
 from helpers import run
@@ -166,3 +168,16 @@ def test_separate_heaps_do_not_affect_each_other(target):
     assert default_after == default_before
     assert other["live_blocks"] > 0
     assert other["size"] == 4096
+
+
+@pytest.mark.parametrize("call, expect", [
+    ("kmalloc(10)", "a block"), ("kzalloc(10)", "a block"), ("kcalloc(2, 5)", "a block"),
+    ("krealloc(None, 10)", "a block"), ("ksize(None)", 0), ("kfree(None)", None)])
+def test_the_first_call_of_any_hot_path_makes_the_default_heap(target, call, expect):
+    # Before init() the module's hot paths have no arena: each calls the heap that heap()
+    # makes, a default 32 KiB one.
+    board = copy.copy(target)
+    board.prelude = "import kmem\nfrom kmem import *\n"
+    got = board.eval("(r if type(r) is not int or r < 4096 else 'a block', repr(heap()), "
+                     "check())", setup="r = " + call)
+    assert got[0] == expect and got[1].startswith("<Heap 32768 bytes at ") and got[2] is True

@@ -83,7 +83,9 @@ class Heap:
     block, in place when it can, with C realloc semantics (NULL: kmalloc; size 0: kfree
     and None; None when it cannot grow, the block untouched); memset(ptr, value, n) fills
     n bytes with value (0..255) and memcpy(dst, src, n) copies n bytes (overlap-safe, like
-    memmove), each range inside one live block."""
+    memmove), each range inside one live block. hardened=True adds red zones, seals, poison
+    and secret links (harden.py); then these are Python functions around the hot paths,
+    and ksize() is exactly the size asked for."""
 
     def __init__(self, size=32768, base=None, align=4, hardened=False):
         granule = check_heap_args(size, base, align, hardened)
@@ -214,13 +216,12 @@ class Heap:
             print("Memory free requested at 0x%08x" % ptr)
         off = self._offset(ptr, fn)
         found = tlsf.kind_of(self.arena, off) if off >= 0 else -1
-        if self._guard and found >= 0:
-            self._guard.usable(off)  # a flipped kind is corruption
+        # A hardened heap's seal covers the kind: a flipped one is corruption.
+        n = self._guard.usable(off) if self._guard and found >= 0 else 0
         if found != kind:
             raise self._bad_pointer(ptr, fn, -2 if found >= 0 else -1, kind)
         hdr = tlsf.load32(self.arena, off - 4)
         if kind:
-            n = self._guard.usable(off) if self._guard else 0
             tlsf.store32(self.arena, off - 4, hdr & ~(3 << tlsf.KIND_SHIFT))
             if self._guard:
                 self._guard.seal(ptr, n)
