@@ -137,6 +137,14 @@ def mm_dump(mm):
 
 
 
+def heap_map(width=64):
+    return heap().heap_map(width)
+
+
+def mm_map(mm, width=64):
+    return heap().mm_map(mm, width)
+
+
 def view(ptr, n=None):
     return heap().view(ptr, n)
 
@@ -176,5 +184,5 @@ __all__ = (
     "allocate_kernel_stack", "kernel_stack_top", "free_kernel_stack",
     "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect", "find_vma",
     "brk", "access_ok", "vma_list", "mm_dump", "memset", "memcpy", "view",
-    "addressof", "vma", "mm", "stats", "check", "walk", "debug",
+    "addressof", "vma", "mm", "stats", "check", "walk", "debug", "heap_map", "mm_map",
 )

@@ -489,6 +489,15 @@ class Heap:
     def mm_dump(self, mm):
         return _vm().mm_dump(self, mm)
 
+    # ---- pictures (mapview.py, loaded on first use) --------------------------------------
+    def heap_map(self, width=64):
+        from . import mapview
+        return mapview.heap_map(self, width)
+
+    def mm_map(self, mm, width=64):
+        from . import mapview
+        return mapview.mm_map(self, mm, width)
+
 
 def _vm():
     from . import vm

@@ -422,14 +422,19 @@ def vma_list(h, mm):
     return [(s, e, f) for v, s, e, f in _areas(h, mm)]
 
 
+def maps_line(s, e, f):
+    """An area as /proc/<pid>/maps shows it: 08048000-08049000 r-xp"""
+    return "%08x-%08x %s%s%s%s" % (
+        s, e,
+        "r" if f & VM_READ else "-",
+        "w" if f & VM_WRITE else "-",
+        "x" if f & VM_EXEC else "-",
+        "s" if f & VM_SHARED else "p")
+
+
 def mm_dump(h, mm):
     """Print one /proc/<pid>/maps-style line per area, e.g.
     08048000-08049000 r-xp"""
     mm = _mm(h, mm, "mm_dump")
     for v, s, e, f in _areas(h, mm):
-        print("%08x-%08x %s%s%s%s" % (
-            s, e,
-            "r" if f & VM_READ else "-",
-            "w" if f & VM_WRITE else "-",
-            "x" if f & VM_EXEC else "-",
-            "s" if f & VM_SHARED else "p"))
+        print(maps_line(s, e, f))

@@ -1,0 +1,112 @@
+"""Pictures at the REPL: heap_map() draws the arena one character per slice, with the
+key and the figures under it; mm_map() draws an address space as a bar of its areas over
+their rights, next to mm_dump's lines."""
+import re
+
+import pytest
+
+from helpers import output, run
+
+KEY = ".#SMv="  # free, kmalloc block, kernel stack, mm_struct, vm_area_struct, control area
+
+
+def test_heap_map_draws_each_kind_where_it_is_and_the_figures(target):
+    lines = output(target, """
+from kmem import tlsf
+h = Heap(4096)
+ps = [h.kmalloc(60) for i in range(8)]
+for p in ps[::2]:
+    h.kfree(p)                 # 64-byte holes between 64-byte blocks
+s = h.allocate_kernel_stack(248)
+m = h.mm_create()
+h.mmap_region(m, 0x10000, 0x1000, VM_READ)
+h.heap_map()
+# The expected picture, byte by byte: what each byte belongs to, then per 8-byte slice the
+# kind with the most bytes (a tie: the block, not the free space).
+kinds = bytearray(h.size)  # (no b'=' * size: a small board has no room for two copies)
+for i in range(h.size):
+    kinds[i] = ord('=')
+for off, usable, kind, free in tlsf.blocks(h.arena):
+    for i in range(off - 4, off + usable):
+        kinds[i] = ord('.' if free else '#SMv'[kind])
+order = '.#SMv='
+picture = ''
+for at in range(0, h.size, 8):
+    piece = kinds[at:at + 8]
+    picture += max(order, key=lambda c: (piece.count(c.encode()), order.index(c)))
+print(picture)
+st = h.stats()
+print(st['used'], st['free'], st['largest_free'], st['free_blocks'], st['live_blocks'])
+""")
+    rows, key, figures, expected, truth = lines[:-4], lines[-4], lines[-3], lines[-2], lines[-1]
+    assert len(rows) == 8  # 4096 bytes: rows of 64 chars of 8 bytes
+    addresses = [int(r.split()[0], 16) for r in rows]
+    assert [b - a for a, b in zip(addresses, addresses[1:])] == [512] * 7
+    picture = "".join(r.split()[1] for r in rows)
+    assert picture == expected
+    assert set(picture) == set(KEY) and re.search(r"(\.{6,}#{6,}){3}", picture)  # the holes
+    assert key == ("%s free  %s kmalloc block  %s kernel stack  %s mm_struct  %s vm_area_struct"
+                   "  %s control area  (1 char = 8 bytes)" % tuple(KEY))
+    used, free, largest, nfree, live = map(int, truth.split())
+    assert figures == ("used %d  free %d  largest free %d  free blocks %d  live blocks %d  "
+                       "fragmentation %.2f" % (used, free, largest, nfree, live,
+                                               1 - largest / free))
+
+
+def test_a_bigger_heap_gets_bigger_slices_and_stays_on_one_screen(target):
+    lines = output(target, """
+Heap(16384).heap_map(16)
+""")
+    rows = lines[:-2]
+    assert len(rows) == 16 and all(len(r.split()[1]) == 16 for r in rows)
+    assert lines[-2].endswith("(1 char = 64 bytes)")
+    assert lines[-1].endswith("fragmentation 0.00")
+
+
+def test_mm_map_draws_each_area_over_its_rights_beside_its_maps_line(target):
+    lines = output(target, """
+m = mm_create()
+mmap_region(m, 0x10000, 0x4000, VM_READ | VM_WRITE)
+mmap_region(m, 0x16000, 0x8000, VM_READ | VM_EXEC)
+mprotect(m, 0x11000, 0x1000, VM_READ)
+mm_map(m)
+mm_dump(m)
+""")
+    assert lines == [
+        "00010000 ABCC..DDDDDDDD 0001e000",
+        "         wrww  xxxxxxxx",
+        "  A 00010000-00011000 rw-p",
+        "  B 00011000-00012000 r--p",
+        "  C 00012000-00014000 rw-p",
+        "  D 00016000-0001e000 r-xp",
+        "(1 char = 4 KiB)",
+        "00010000-00011000 rw-p",
+        "00011000-00012000 r--p",
+        "00012000-00014000 rw-p",
+        "00016000-0001e000 r-xp",
+    ]
+
+
+def test_mm_map_gives_far_apart_areas_a_column_each(target):
+    lines = output(target, """
+m = mm_create()
+mmap_region(m, 0x08048000, 0x3000, VM_READ | VM_EXEC)
+mmap_region(m, 0x0804c000, 0x2000, VM_READ | VM_WRITE)
+mmap_region(m, 0xbfff0000, 0x10000, VM_READ | VM_WRITE | VM_GROWSDOWN)
+mm_map(m)
+mm_map(mm_create())
+""")
+    bar = lines[0].split()[1]
+    assert bar.startswith("AB") and bar.endswith("C") and set(bar[2:-1]) == {"."}
+    assert len(bar) <= 64 and lines[-1] == "(no areas)"
+
+
+@pytest.mark.parametrize("call", ["heap_map(8)", "heap_map(1000)", "heap_map('64')",
+                                  "mm_map(mm_create(), 3)"])
+def test_a_bad_width_is_a_value_error(target, call):
+    assert run(target, "result = raised(lambda: %s)" % call)[0] == "ValueError"
+
+
+def test_mm_map_of_something_else_is_refused(target):
+    got = run(target, "p = kmalloc(32)\nresult = raised(mm_map, p)")
+    assert got[0] == "ValueError" and "is a kmalloc block, not an mm_struct" in got[1]
