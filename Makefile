@@ -15,6 +15,8 @@ venv: $(STAMP)
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	printf '#!/bin/sh\nPYTHONPATH="%s/tools$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s/$(PY)" -m kmemhost "$$@"\n' \
+	  "$(CURDIR)" "$(CURDIR)" > $(VENV)/bin/kmemctl && chmod +x $(VENV)/bin/kmemctl
 	touch $@
 
 # The suite once per target: the unix port with an RP2040- and an ESP32-sized heap, the

@@ -1,0 +1,149 @@
+"""kmemctl map: the target's heap as a picture (PNG, SVG) or in the terminal.
+
+The block list is read from the target in one round trip (kmem.tlsf.blocks: the same walk
+check() makes) and drawn here: a cell per slice of the arena, coloured by the kind that
+holds most of its bytes (as the board's own heap_map() does), a legend and the figures."""
+from dataclasses import dataclass
+
+KINDS = ("free", "kmalloc block", "kernel stack", "mm_struct", "vm_area_struct",
+         "control area")
+CHARS = ".#SMv="  # as heap_map() on the board
+COLOURS = ((224, 224, 224), (76, 120, 168), (245, 133, 24), (84, 162, 75), (178, 121, 162),
+           (96, 96, 96))
+_ANSI = (250, 67, 208, 71, 139, 240)  # the same colours in the 256-colour palette
+CONTROL = 5
+CELL = 10  # pixels per cell (PNG, SVG)
+MARGIN = 8
+LINE = 14  # pixels per text line under the map
+
+_SNIPPET = """
+from kmem import tlsf
+_h = heap()
+result = (_h.base, _h.size, tlsf.load32(_h.arena, 40), tlsf.load32(_h.arena, 44),
+          [(o - 4, n + 4, k if not f else -1) for o, n, k, f in tlsf.blocks(_h.arena)],
+          stats())
+_h = None
+"""
+
+
+@dataclass
+class HeapPicture:
+    base: int
+    size: int
+    spans: list  # (start, end, kind index into KINDS) in address order, covering the arena
+    stats: dict
+
+    def slices(self, width, rows=32):
+        """(bytes per cell, [kind index per cell]): cells of a power of two bytes, at most
+        `rows` rows of `width`; each the kind with most bytes in it (a tie: not free)."""
+        piece = 8
+        while piece * width * rows < self.size:
+            piece *= 2
+        cells = []
+        counts = [0] * len(KINDS)
+        at = 0
+        for s, e, what in self.spans:
+            while s < e:
+                take = min(e, at + piece) - s
+                counts[what] += take
+                s += take
+                if s == at + piece or s == self.size:
+                    cells.append(max(range(len(KINDS)), key=lambda i: (counts[i], i)))
+                    counts = [0] * len(KINDS)
+                    at += piece
+        return piece, cells
+
+    def figures(self):
+        st = self.stats
+        free = st["free"]
+        frag = 1 - st["largest_free"] / free if free else 0.0
+        return (f"used {st['used']}  free {free}  largest free {st['largest_free']}  "
+                f"free blocks {st['free_blocks']}  live blocks {st['live_blocks']}  "
+                f"fragmentation {frag:.2f}")
+
+
+def fetch(target, setup=""):
+    """The default heap of the target (after running `setup` there) as a HeapPicture."""
+    base, size, first, end, blocks, stats = target.eval("result", setup=setup + _SNIPPET)
+    spans = [(0, first, CONTROL)]
+    spans += [(start, start + n, 0 if kind < 0 else 1 + kind) for start, n, kind in blocks]
+    spans.append((end, size, CONTROL))
+    return HeapPicture(base, size, spans, stats)
+
+
+def text(pic, width=64, colour=False):
+    """The map as lines of text, the board's heap_map() exactly (16 rows at most), in colour
+    if asked."""
+    piece, cells = pic.slices(width, rows=16)
+    lines = []
+    for r in range(0, len(cells), width):
+        row = cells[r:r + width]
+        if colour:
+            chars = "".join(f"\x1b[38;5;{_ANSI[c]}m{CHARS[c]}" for c in row) + "\x1b[0m"
+        else:
+            chars = "".join(CHARS[c] for c in row)
+        lines.append(f"{pic.base + r * piece:08x} {chars}")
+    lines.append("  ".join(f"{CHARS[i]} {k}" for i, k in enumerate(KINDS))
+                 + f"  (1 char = {piece} bytes)")
+    lines.append(pic.figures())
+    return lines
+
+
+def _layout(pic, width):
+    piece, cells = pic.slices(width)
+    rows = (len(cells) + width - 1) // width
+    w = 2 * MARGIN + width * CELL
+    h = 2 * MARGIN + rows * CELL + 4 * LINE
+    return piece, cells, rows, w, h
+
+
+def _legend(piece):
+    return [(i, f"{k}") for i, k in enumerate(KINDS)], f"1 cell = {piece} bytes"
+
+
+def png(pic, path, width=64):
+    """Write the map as a PNG: cells, then the legend and the figures under them."""
+    from PIL import Image, ImageDraw  # imported here: only `map -o x.png` needs Pillow
+
+    piece, cells, rows, w, h = _layout(pic, width)
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for n, c in enumerate(cells):
+        x, y = MARGIN + (n % width) * CELL, MARGIN + (n // width) * CELL
+        draw.rectangle((x, y, x + CELL - 2, y + CELL - 2), fill=COLOURS[c])
+    y = MARGIN + rows * CELL + 4
+    keys, scale = _legend(piece)
+    x = MARGIN
+    for i, name in keys:
+        draw.rectangle((x, y + 2, x + 8, y + 10), fill=COLOURS[i])
+        draw.text((x + 11, y), name, fill=(0, 0, 0))
+        x += 14 + int(draw.textlength(name)) + 8
+        if x > w - 100:
+            x, y = MARGIN, y + LINE
+    draw.text((MARGIN, y + LINE), scale, fill=(0, 0, 0))
+    draw.text((MARGIN, y + 2 * LINE), pic.figures(), fill=(0, 0, 0))
+    img.save(path)
+
+
+def svg(pic, path, width=64):
+    """Write the map as an SVG (the same picture as png())."""
+    piece, cells, rows, w, h = _layout(pic, width)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           'font-family="monospace" font-size="11">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for n, c in enumerate(cells):
+        x, y = MARGIN + (n % width) * CELL, MARGIN + (n // width) * CELL
+        out.append(f'<rect x="{x}" y="{y}" width="{CELL - 1}" height="{CELL - 1}" '
+                   f'fill="rgb{COLOURS[c]}"><title>{KINDS[c]} at '
+                   f'0x{pic.base + n * piece:08x}</title></rect>')
+    y = MARGIN + rows * CELL + 4
+    keys, scale = _legend(piece)
+    for n, (i, name) in enumerate(keys):
+        x = MARGIN + n * 110
+        out.append(f'<rect x="{x}" y="{y + 2}" width="8" height="8" fill="rgb{COLOURS[i]}"/>'
+                   f'<text x="{x + 11}" y="{y + 10}">{name}</text>')
+    out.append(f'<text x="{MARGIN}" y="{y + LINE + 10}">{scale}</text>')
+    out.append(f'<text x="{MARGIN}" y="{y + 2 * LINE + 10}">{pic.figures()}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
