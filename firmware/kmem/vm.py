@@ -6,7 +6,8 @@
 # adjacent areas of equal flags merged.  No Python object exists per area.
 #
 # These are plain functions taking the Heap first; kheap.Heap binds them as
-# methods.  The heap supplies _zalloc/_free/_expect/_ld/_st (see CONTRACT.md).
+# methods.  The heap supplies _zalloc/_free/_expect/_ld/_st (kheap.py; the public
+# API these functions implement: docs/API.md).
 #
 # The `end` field is a UINT32 and exclusive, so no area can include the last
 # page of the 32-bit space: areas end at 0xfffff000 at the highest.
