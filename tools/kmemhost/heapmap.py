@@ -16,7 +16,8 @@ CELL = 10  # pixels per cell (PNG, SVG)
 MARGIN = 8
 LINE = 14  # pixels per text line under the map
 
-_SNIPPET = """
+# Run on the target: the default heap's block list (and stats()), left in `result`.
+SNIPPET = """
 from kmem import tlsf
 _h = heap()
 result = (_h.base, _h.size, tlsf.load32(_h.arena, 40), tlsf.load32(_h.arena, 44),
@@ -64,7 +65,12 @@ class HeapPicture:
 
 def fetch(target, setup=""):
     """The default heap of the target (after running `setup` there) as a HeapPicture."""
-    base, size, first, end, blocks, stats = target.eval("result", setup=setup + _SNIPPET)
+    return picture(target.eval("result", setup=setup + SNIPPET))
+
+
+def picture(value):
+    """A HeapPicture from what SNIPPET leaves in `result` on the target."""
+    base, size, first, end, blocks, stats = value
     spans = [(0, first, CONTROL)]
     spans += [(start, start + n, 0 if kind < 0 else 1 + kind) for start, n, kind in blocks]
     spans.append((end, size, CONTROL))
