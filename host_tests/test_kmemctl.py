@@ -91,3 +91,31 @@ def test_kmemctl_says_in_one_line_when_there_is_no_board():
 def test_kmemctl_targets_lists_the_profiles():
     out = kmemctl("targets")
     assert out.returncode == 0 and "rpi_pico" in out.stdout and "esp32_generic" in out.stdout
+
+
+def test_the_address_space_png_colours_each_area_by_its_rights(target, tmp_path):
+    areas = heapmap.fetch_areas(target, "m", setup="""
+m = mm_create()
+mmap_region(m, 0x10000, 0x4000, VM_READ | VM_WRITE)
+mmap_region(m, 0x16000, 0x8000, VM_READ | VM_EXEC)
+mprotect(m, 0x11000, 0x1000, VM_READ)
+""")
+    assert areas == [(0x10000, 0x11000, 3), (0x11000, 0x12000, 1), (0x12000, 0x14000, 3),
+                     (0x16000, 0x1E000, 5)]
+    path = tmp_path / "mm.png"
+    heapmap.areas_png(areas, path, width=64)
+    img = Image.open(path)
+    img.load()
+    column = [img.getpixel((heapmap.MARGIN + c * heapmap.CELL + 3, heapmap.MARGIN + 3))
+              for c in range(16)]
+    w, r, x = (heapmap.RIGHTS_COLOURS[k] for k in "wrx")
+    white = (255, 255, 255)
+    assert column == [w, r, w, w, white, white] + [x] * 8 + [white, white]
+
+
+def test_kmemctl_map_mm_prints_the_boards_mm_map():
+    out = kmemctl("map", "--mm", "m", "-c", "m = mm_create()\n"
+                  "mmap_region(m, 0x10000, 0x2000, VM_READ)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["00010000 AA 00012000", "         rr",
+                                       "  A 00010000-00012000 r--p", "(1 char = 4 KiB)"]

@@ -3,7 +3,8 @@
 kmemctl targets                      the board profiles, and the MicroPython boards plugged in
 kmemctl map [--target T] [-o F]      the target's heap: a PNG or SVG (by F's suffix), or the
         [--width N] [-c CODE]        terminal; CODE runs first (on the unix port each call
-                                     is a fresh process: build the layout there)
+        [--mm EXPR]                  is a fresh process: build the layout there); --mm: the
+                                     address space EXPR names (mm_map(), or a PNG)
 kmemctl test [--target T] [ARGS]     the test suite on a target (pytest ARGS)
 kmemctl fuzz [--target T]            the long differential fuzz (make fuzz)
 kmemctl repl [--target T]            a REPL with kmem (the unix port, or mpremote on a board)
@@ -41,6 +42,8 @@ def _targets():
 def _map(args):
     from . import heapmap, targets
     target = targets.make_target(args.target)
+    if args.mm:
+        return _mm_map(args, target)
     try:
         pic = heapmap.fetch(target, (args.code or "") + "\n")
     finally:
@@ -58,6 +61,22 @@ def _map(args):
                              "it); an SVG does not: -o map.svg")
     if args.output:
         print(f"wrote {args.output}")
+    return 0
+
+
+def _mm_map(args, target):
+    # An address space: the board's own mm_map() in the terminal, else a PNG of its bar.
+    from . import heapmap, targets
+    setup = (args.code or "") + "\n"
+    try:
+        if not args.output:
+            print(target.exec(setup + "mm_map(%s, %d)\n" % (args.mm, args.width)), end="")
+            return 0
+        areas = heapmap.fetch_areas(target, args.mm, setup)
+    finally:
+        targets.close_all()
+    heapmap.areas_png(areas, args.output, args.width)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -100,6 +119,9 @@ def main(argv=None):
     m.add_argument("-o", "--output", help="FILE.png or FILE.svg (default: the terminal)")
     m.add_argument("--width", type=int, default=64, help="cells per row (default 64)")
     m.add_argument("-c", "--code", help="MicroPython code to run on the target first")
+    m.add_argument("--mm", metavar="EXPR", help="draw the address space EXPR names instead "
+                   "(an mm_struct's address, or a name -c bound): mm_map() in the terminal, "
+                   "or a PNG")
     args, extra = ap.parse_known_args(argv)
     if extra and args.command != "test":
         ap.error("unrecognized arguments: " + " ".join(extra))

@@ -153,3 +153,62 @@ def svg(pic, path, width=64):
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+# ---- an address space (map --mm) ---------------------------------------------------------
+
+RIGHTS_COLOURS = {"x": (228, 87, 86), "w": (76, 120, 168), "r": (84, 162, 75),
+                  "-": (160, 160, 160)}
+
+
+def _rights(flags):
+    return "x" if flags & 4 else "w" if flags & 2 else "r" if flags & 1 else "-"
+
+
+def fetch_areas(target, mm, setup=""):
+    """[(start, end, flags)] of the mm_struct that the expression `mm` names on the target."""
+    return target.eval("vma_list(%s)" % mm, setup=setup)
+
+
+def areas_png(areas, path, width=64):
+    """Write an address space as a PNG: one bar, an area per coloured run (by its
+    strongest right: x, w, r, -), each with its /proc/<pid>/maps line under the bar."""
+    from PIL import Image, ImageDraw
+
+    lines = [maps_line(*a) for a in areas] or ["(no areas)"]
+    w = 2 * MARGIN + width * CELL
+    h = 2 * MARGIN + 2 * CELL + LINE * (len(lines) + 1)
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for col, (s, e, f) in _columns(areas, width):
+        x = MARGIN + col * CELL
+        draw.rectangle((x, MARGIN, x + CELL - 2, MARGIN + 2 * CELL),
+                       fill=RIGHTS_COLOURS[_rights(f)])
+    y = MARGIN + 2 * CELL + 6
+    for line in lines:
+        draw.text((MARGIN, y), line, fill=(0, 0, 0))
+        y += LINE
+    img.save(path)
+
+
+def _columns(areas, width):
+    # (column, area) for each column an area covers, as the board's mm_map() lays them out:
+    # from the lowest to the highest address, PAGE_SIZE * 2**k a column, every area at least
+    # one column of its own.
+    if not areas:
+        return []
+    lo, hi = areas[0][0], areas[-1][1]
+    piece = 4096
+    while piece * width < hi - lo:
+        piece *= 2
+    out, used = [], 0
+    for s, e, f in areas:
+        a = max(used, (s - lo) // piece)
+        used = max(a + 1, (e - lo + piece - 1) // piece)
+        out += [(c, (s, e, f)) for c in range(a, used)]
+    return out
+
+
+def maps_line(s, e, f):
+    return "%08x-%08x %s%s%s%s" % (s, e, "r" if f & 1 else "-", "w" if f & 2 else "-",
+                                   "x" if f & 4 else "-", "s" if f & 8 else "p")
