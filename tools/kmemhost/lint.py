@@ -1,4 +1,4 @@
-"""make lint: the static checks, all at once (they run in parallel; about 15 s).
+"""make lint: the static checks, all at once (in parallel: about 20-30 s on two cores).
 
 - ruff over the whole tree (pyproject.toml [tool.ruff]);
 - pyright (basedpyright, from PyPI with its own Node.js) over the host code in basic mode
