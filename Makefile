@@ -7,7 +7,7 @@ export MICROPYTHON
 KMEMHOST := PYTHONPATH=tools $(PY) -m kmemhost
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test mpy-check demo repl clean distclean
+.PHONY: venv test mpy-check lint demo repl clean distclean
 
 venv: $(STAMP)
 
@@ -56,6 +56,17 @@ qemu: qemu-firmware
 mpy-check: $(STAMP)
 	$(KMEMHOST).inline --check
 	$(KMEMHOST).build --check --arch armv6m --arch xtensawin
+
+# Static checks (tools/kmemhost/lint.py): ruff over everything, pyright over the host code
+# and over firmware/ once per board profile against its micropython stubs. The tools come
+# from requirements-lint.txt, the stubs from each boards/<profile>.json (both from PyPI).
+LINT_STAMP := $(VENV)/.installed-lint
+$(LINT_STAMP): requirements-lint.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-lint.txt
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(KMEMHOST).lint
 
 demo: $(STAMP)
 	$(KMEMHOST).run firmware/examples/demo.py

@@ -1,7 +1,6 @@
 """A damaged arena is reported, never followed outside it: the hot paths check every size
 and link they read (tlsf.blocks) and raise CorruptionError naming the block, before they
 write anything. The damage is done as a buggy program would: through a raw pointer."""
-import pytest
 
 POKE = """
 import uctypes

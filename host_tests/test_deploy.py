@@ -247,7 +247,7 @@ def test_package_json_lists_every_module():
 
 def test_mip_install_from_the_checkout(tmp_path):
     with VirtualBoard("rpi_pico", tmp_path / "flash") as vb:
-        res = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.pty,
+        res = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.pty,  # pyright: ignore
                               "mip", "install", "./package.json"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -255,7 +255,7 @@ def test_mip_install_from_the_checkout(tmp_path):
         for name in SOURCES:
             assert ((tmp_path / "flash" / "lib" / "kmem" / name).read_bytes()
                     == (build.FIRMWARE / "kmem" / name).read_bytes())
-        res = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.pty, "exec",
+        res = subprocess.run([sys.executable, "-m", "mpremote", "connect", vb.pty, "exec",  # pyright: ignore
                               "import kmem\nkmem.init(4096)\np = kmem.kmalloc(12)\n"
                               "print(kmem.__file__, kmem.ksize(p) >= 12, kmem.check())"],
                              capture_output=True, text=True, timeout=60)

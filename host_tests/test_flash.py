@@ -410,7 +410,7 @@ class ManifestRecorder:
         def record(name):
             return lambda *a, **k: self.calls.append((name, a, k))
 
-        api = {n: record(n) for n in ("metadata", "require", "add_library", "module",
+        api: dict = {n: record(n) for n in ("metadata", "require", "add_library", "module",
                                       "c_module", "freeze", "freeze_as_str",
                                       "freeze_as_mpy", "freeze_mpy")}
         api.update(include=self.include, package=self.package,

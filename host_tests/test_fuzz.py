@@ -550,7 +550,7 @@ def test_kmem_matches_its_models(target, fuzz_count, hardened):
 
     # Shrinking is ours (shrink above), so hypothesis only generates.
     @settings(max_examples=examples, deadline=None, derandomize=not long, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))  # pyright: ignore[reportArgumentType]
     @given(st.lists(st.integers(0, 0xFFFFFFFF), min_size=shortest, max_size=longest))
     def sequences(drawn):
         ops = [decode(x) for x in drawn]

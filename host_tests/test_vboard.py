@@ -40,7 +40,7 @@ def vboard(tmp_path):
 
 def mpremote(vb, *args, ok=True):
     """Run `mpremote connect <pty> ARGS...`; return its stdout (text, \\n line ends)."""
-    res = subprocess.run([MPREMOTE, "connect", vb.pty, *args], capture_output=True,
+    res = subprocess.run([MPREMOTE, "connect", vb.pty, *args], capture_output=True,  # pyright: ignore
                          text=True, timeout=TIMEOUT)
     if ok:
         assert res.returncode == 0, f"mpremote {args}: {res.returncode}\n{res.stdout}\n{res.stderr}"

@@ -1,5 +1,7 @@
 # kmem demo: the seed document's two usage examples, run verbatim on kmem
 # with the debug messages on, then a small process address space.
+# uctypes.struct fields are set by name; the board stubs type only their reading:
+# pyright: reportAttributeAccessIssue=false
 import kmem
 from kmem import *
 

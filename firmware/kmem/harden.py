@@ -270,4 +270,5 @@ def secret():
         return r[0] | r[1] << 8 | r[2] << 16 | (r[3] & 0x3F) << 24
     except Exception:
         import time
-        return (time.ticks_us() * 0x5BD1E995) & 0x3FFFFFFF
+        # A ticks value is an int; the stubs make it opaque (for ticks_diff) and so reject *.
+        return (time.ticks_us() * 0x5BD1E995) & 0x3FFFFFFF  # pyright: ignore[reportOperatorIssue]

@@ -126,7 +126,7 @@ def containing_at(addr: int, p: int) -> int:
     # Out of line: memset and memcpy call it (their byte loop outweighs the call).
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
+    gm = (1 << gs) - 1  # noqa: F841 (in scope for the blocks, tlsf.blocks)
     #@use containing(start, p)
     start = -1
     if p >= a[_W_FIRST] + HEADER and p < a[_W_END]:
@@ -164,8 +164,9 @@ def containing_at(addr: int, p: int) -> int:
 
 @micropython.viper
 def move(a: ptr8, dst: int, src: int, n: int):
-    # memmove within the buffer (or at the raw address) a: copy backwards when the destination overlaps the source's tail. Whole words
-    # while both ends are word-aligned (payloads are: krealloc moves a block that way).
+    # memmove within the buffer (or at the raw address) a: copy backwards when the destination
+    # overlaps the source's tail. Whole words while both ends are word-aligned (payloads are:
+    # krealloc moves a block that way).
     w = ptr32(a)
     i = 0
     if dst <= src:
@@ -192,8 +193,9 @@ def move(a: ptr8, dst: int, src: int, n: int):
 
 # ---- the hot paths: one viper body per operation ----------------------------------
 #
-# bind() makes the eight hot paths for one arena as closures over its raw buffer address (a captured int: cheaper than ptr32 of the
-# bytearray) and its Heap (for the out-of-line paths: errors, debug messages, first use).
+# bind() makes the eight hot paths for one arena as closures over its raw buffer address (a
+# captured int: cheaper than ptr32 of the bytearray) and its Heap (for the out-of-line paths:
+# errors, debug messages, first use).
 # A Heap keeps them as instance attributes and the kmem module exports the default heap's,
 # retargeted by init(): no layer sits between the caller and the body. The block helpers
 # are inlined from firmware/blocks/tlsf.blocks.
@@ -974,7 +976,7 @@ def _binder():
                 return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
-            gm = (1 << gs) - 1
+            gm = (1 << gs) - 1  # noqa: F841 (dead: containing_at checks the granule)
             p = q - a[_W_BASE]
             start = int(containing_at(addr, p))  # addr: the int object, no boxing
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
@@ -1021,7 +1023,7 @@ def _binder():
                 return owner._memcpy_checked(dst, src, nbytes)
             a = ptr32(ad)
             gs = a[_W_GSHIFT]
-            gm = (1 << gs) - 1
+            gm = (1 << gs) - 1  # noqa: F841 (dead: containing_at checks the granule)
             s = qs - a[_W_BASE]
             start = int(containing_at(addr, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:

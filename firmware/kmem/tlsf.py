@@ -166,7 +166,7 @@ def usable(arena, p: int) -> int:
     # Usable bytes of the live block at payload p, or -1; a damaged header raises.
     a = ptr32(arena)
     gs = a[_W_GSHIFT]
-    gm = (1 << gs) - 1
+    gm = (1 << gs) - 1  # noqa: F841 (in scope for the blocks, tlsf.blocks)
     b = int(live_block(arena, p))
     if b < 0:
         return -1

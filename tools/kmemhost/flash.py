@@ -400,7 +400,8 @@ def firmware_steps(profile, firmware, method):
     if firmware:
         return [], local_firmware(firmware, method)
     step = Download(profile, method)
-    return [step], CACHE / step.pattern
+    steps: list = [step]  # then Command, ByHand, WaitForVolume, CopyToVolume steps
+    return steps, CACHE / step.pattern
 
 
 def esptool_plan(profile, args):

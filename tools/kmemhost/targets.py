@@ -615,7 +615,7 @@ class SerialBoard:
             with self.step(timeout, out):
                 t.exec_raw_no_follow(script.encode())
                 read_until(end + b"\x04")
-                err = t.read_until(1, b"\x04", timeout=None)
+                err = t.read_until(1, b"\x04", timeout=None)  # pyright: ignore[reportArgumentType]
                 exited = EXIT_MARK.search(out) if end else None
                 if exited:  # the raw REPL soft-resets the board after a SystemExit
                     self.fresh = False

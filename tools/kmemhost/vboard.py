@@ -252,7 +252,7 @@ class _Interpreter:
 
     def _lflag(self):
         try:
-            return termios.tcgetattr(self.fd)[3]
+            return termios.tcgetattr(self.fd)[3]  # pyright: ignore[reportArgumentType]
         except (OSError, termios.error):
             return 0
 
@@ -334,9 +334,9 @@ class _Boot:
         self.mode = mode          # "raw" or "friendly": where the board comes up
         self.steps = steps        # [(kind, arg)]: ("wait", marker) | ("send", bytes) | ("exec", (code, user))
         self.buf = b""            # output of the current step not yet consumed
-        self.phase = None         # exec: "ok" -> "out" -> "err" -> "prompt"
+        self.phase: str | None = None  # exec: "ok" -> "out" -> "err" -> "prompt"
         self.err = b""
-        self.deadline = None
+        self.deadline: float | None = None
         self.user_exec = False    # running boot.py/main.py (Ctrl-C goes through)
         self.interrupt = False    # a Ctrl-C for boot.py/main.py waits for it to start running
         self.setup_output = b""
@@ -387,7 +387,7 @@ class VirtualBoard:
         try:
             while not line.endswith(b"\n"):
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:  # pyright: ignore[reportArgumentType]
                     raise VBoardError(f"vboard not ready within {timeout:g}s")
                 chunk = os.read(self.proc.stdout.fileno(), 1)
                 if not chunk:
@@ -526,13 +526,13 @@ class VirtualBoard:
 
     def _close_client_pty(self):
         if getattr(self, "_client_fd", None) is not None:
-            os.close(self._client_fd)
+            os.close(self._client_fd)  # pyright: ignore[reportArgumentType]
             self._client_fd = None
 
     def _check_connect(self):
         """A client has the pty open iff the master stops reporting POLLHUP."""
         p = select.poll()
-        p.register(self._client_fd, select.POLLIN)
+        p.register(self._client_fd, select.POLLIN)  # pyright: ignore[reportArgumentType]
         hup = any(ev & select.POLLHUP for _, ev in p.poll(0))
         if not hup and not self._connected:
             self._connected = True
@@ -574,7 +574,7 @@ class VirtualBoard:
     def _flush_client(self):
         while self._to_client:
             try:
-                n = os.write(self._client_fd, self._to_client)
+                n = os.write(self._client_fd, self._to_client)  # pyright: ignore[reportArgumentType]
             except BlockingIOError:
                 return
             except OSError:
@@ -585,7 +585,7 @@ class VirtualBoard:
 
     def _read_client(self):
         try:
-            data = os.read(self._client_fd, 4096)
+            data = os.read(self._client_fd, 4096)  # pyright: ignore[reportArgumentType]
         except BlockingIOError:
             return
         except OSError:          # EIO: the last client closed the pty
@@ -655,7 +655,7 @@ class VirtualBoard:
 
     def _write_child_now(self, data):
         try:
-            os.write(self._child.fd, data)
+            os.write(self._child.fd, data)  # pyright: ignore[reportArgumentType]
             self._trace("->", data)
         except OSError:
             pass
@@ -674,7 +674,7 @@ class VirtualBoard:
 
     def _read_child(self):
         try:
-            data = os.read(self._child.fd, 65536)
+            data = os.read(self._child.fd, 65536)  # pyright: ignore[reportArgumentType]
         except BlockingIOError:
             return
         except OSError as e:
@@ -721,7 +721,7 @@ class VirtualBoard:
                         self._frame_len = b""
                 elif self._frame and self._frame[0]:
                     take = min(self._frame[0], n - i)
-                    self._frame[0] -= take
+                    self._frame[0] -= take  # pyright: ignore[reportOperatorIssue]
                     i += take
                 if self._frame is not None and not self._frame_cmd:
                     while self._frame and self._frame[0] == 0:
@@ -952,12 +952,12 @@ class VirtualBoard:
                 ev = select.POLLOUT if self._to_client else 0
                 if len(self._to_child) < BUFFER_LIMIT:
                     ev |= select.POLLIN
-                poll.register(self._client_fd, ev)
+                poll.register(self._client_fd, ev)  # pyright: ignore[reportArgumentType]
             if self._child is not None:
                 ev = select.POLLOUT if self._to_child else 0
                 if not self._connected or len(self._to_client) < BUFFER_LIMIT or self._boot:
                     ev |= select.POLLIN
-                poll.register(self._child.fd, ev)
+                poll.register(self._child.fd, ev)  # pyright: ignore[reportArgumentType]
             timeout = None
             if timers:
                 timeout = max(0, int((min(timers) - time.monotonic()) * 1000) + 1)

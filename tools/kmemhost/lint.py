@@ -1,0 +1,165 @@
+"""make lint: the static checks, all at once (in parallel: about 20-30 s on two cores).
+
+- ruff over the whole tree (pyproject.toml [tool.ruff]);
+- pyright (basedpyright, from PyPI with its own Node.js) over the host code in basic mode
+  (pyproject.toml [tool.pyright]: tools/kmemhost, host_tests, conftest.py);
+- pyright over firmware/ once per board profile that names its micropython stubs
+  (boards/<profile>.json "stubs": pinned PyPI packages). Each board's stubs are installed
+  once into the venv (.venv/kmem-stubs/<profile>, kept until the pins change) and serve
+  as the stdlib (typeshedPath) and as the board's modules; no CPython package is on the
+  path. typings/ comes first: its micropython.pyi says how viper code is checked.
+
+python -m kmemhost.lint [--only ruff|host|PROFILE ...]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import ROOT
+from .profiles import list_profiles, load_profile
+
+BIN = Path(sys.executable).parent
+BUILD = ROOT / "build" / "lint"
+STUBS = Path(sys.prefix) / "kmem-stubs"
+STUBS_PYTHON = "3.10"  # the stubs' stdlib is typeshed's, cut down; any recent version will do
+
+# Firmware: standard mode, less what does not fit MicroPython code.
+FIRMWARE_RULES = {
+    "typeCheckingMode": "standard",
+    # The board stubs are stubs only: there is no source to find for machine, uctypes...
+    "reportMissingModuleSource": "none",
+    # The inlined blocks set a temporary under one condition and use it under another that
+    # implies it (unlink_from: `if ul_prv == 0: ul_head = ...`, later `if ul_prv: ...
+    # else: a[ul_head]`); kheap does the same with `if hardened:`.
+    "reportPossiblyUnboundVariable": "none",  # basedpyright's name for it
+}
+
+
+class LintError(Exception):
+    pass
+
+
+def stub_profiles():
+    """{profile: [pinned stub packages]} for every board profile that names its stubs."""
+    out = {}
+    for name in list_profiles():
+        stubs = load_profile(name).get("stubs")
+        if stubs:
+            out[name] = list(stubs)
+    return out
+
+
+def ensure_stubs(profile, specs):
+    """The directory holding `specs` (pip install --target), installed if not already."""
+    dest = STUBS / profile
+    marker = dest / ".kmem-specs"
+    want = "\n".join(specs) + "\n"
+    if marker.is_file() and marker.read_text() == want:
+        return dest
+    print(f"lint: installing the {profile} stubs: {' '.join(specs)}", flush=True)
+    STUBS.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{profile}-", dir=STUBS))
+    try:
+        # --no-deps: every package is pinned in the profile, micropython-stdlib-stubs too.
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                              "--disable-pip-version-check", "--target", str(tmp), *specs],
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise LintError(f"pip could not install the {profile} stubs:\n"
+                            + res.stdout + res.stderr)
+        (tmp / ".kmem-specs").write_text(want)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
+
+
+def firmware_config(profile, stubs):
+    """Write and return build/lint/<profile>/pyrightconfig.json."""
+    d = BUILD / profile
+    # An empty environment: CPython's packages must not resolve a firmware import.
+    site = d / "env" / "lib" / f"python{STUBS_PYTHON}" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    config = {
+        "include": [str(ROOT / "firmware")],
+        "typeshedPath": str(stubs),
+        # typings/ first: its micropython.pyi shadows the board's (see its docstring);
+        # firmware/ so that examples import kmem as on a board.
+        "extraPaths": [str(ROOT / "typings"), str(ROOT / "firmware"), str(stubs)],
+        "venvPath": str(d),
+        "venv": "env",
+        "pythonVersion": STUBS_PYTHON,
+        **FIRMWARE_RULES,
+    }
+    path = d / "pyrightconfig.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def tool(name):
+    path = BIN / name
+    if not path.exists():
+        raise LintError(f"{path} is missing: make lint installs requirements-lint.txt")
+    return str(path)
+
+
+def checks(only):
+    """[(name, argv)] of the checks to run."""
+    pyright = tool("basedpyright")
+    out = [("ruff", [tool("ruff"), "check", "--no-cache", str(ROOT)]),
+           ("host", [pyright, "-p", str(ROOT), "--pythonpath", sys.executable])]
+    for profile, specs in stub_profiles().items():
+        if not only or profile in only:
+            config = firmware_config(profile, ensure_stubs(profile, specs))
+            out.append((profile, [pyright, "-p", str(config)]))
+    return [(n, argv) for n, argv in out if not only or n in only]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m kmemhost.lint", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only this check: ruff, host or a board profile (repeatable)")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        todo = checks(args.only)
+    except LintError as e:
+        print(f"lint: {e}", file=sys.stderr)
+        return 2
+    if not todo:
+        print(f"lint: nothing to run for --only {' '.join(args.only)}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, NO_COLOR="1")
+    procs = [(name, argv, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True))
+             for name, argv in todo]
+    failed = []
+    for name, argv, p in procs:
+        text, _ = p.communicate()
+        lines = text.strip().splitlines()
+        last = lines[-1] if lines else ""
+        if p.returncode:
+            failed.append(name)
+            print(f"--- {name}: FAILED ({' '.join(argv)})\n{text.rstrip()}")
+        else:
+            print(f"{name}: {last}")
+    took = time.monotonic() - t0
+    if failed:
+        print(f"lint: FAILED: {', '.join(failed)} ({took:.1f} s)", file=sys.stderr)
+        return 1
+    print(f"lint: all {len(procs)} checks passed ({took:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
