@@ -51,7 +51,9 @@ def layouts():
     out = {}
     for name, size in (("VM_AREA_STRUCT", "VMA_SIZE"), ("MM_STRUCT", "MM_SIZE")):
         d = _assigned(tree, name)
-        fields = {ast.literal_eval(k): v.left.value for k, v in zip(d.keys, d.values)}
+        assert isinstance(d, ast.Dict), name
+        fields = {ast.literal_eval(k): v.left.value for k, v in zip(d.keys, d.values)
+                  if k is not None and isinstance(v, ast.BinOp) and isinstance(v.left, ast.Constant)}
         out[name] = _const(tree, size), fields
     return out
 

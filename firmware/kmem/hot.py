@@ -975,8 +975,6 @@ def _binder():
             if bad or (v & -256) or n < 0 or q < 0:
                 return owner._memset_checked(ptr, value, nbytes)  # raises, saying why
             a = ptr32(ad)
-            gs = a[_W_GSHIFT]
-            gm = (1 << gs) - 1  # noqa: F841 (dead: containing_at checks the granule)
             p = q - a[_W_BASE]
             start = int(containing_at(addr, p))  # addr: the int object, no boxing
             if start < 0 or p + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
@@ -1022,8 +1020,6 @@ def _binder():
             if bad or n < 0 or qd < 0 or qs < 0:
                 return owner._memcpy_checked(dst, src, nbytes)
             a = ptr32(ad)
-            gs = a[_W_GSHIFT]
-            gm = (1 << gs) - 1  # noqa: F841 (dead: containing_at checks the granule)
             s = qs - a[_W_BASE]
             start = int(containing_at(addr, s))
             if start < 0 or s + n > start + (a[(start >> 2) - 1] & _SIZE_MASK) - HEADER:
