@@ -9,10 +9,11 @@ from PIL import Image
 from kmemhost import ROOT, heapmap
 from helpers import output
 
-# A known layout in a fresh 8 KiB default heap: a 500-byte block, a 1000-byte kernel stack,
+# A known layout in a fresh 4 KiB default heap (small: room beside the prelude's on an
+# ESP32-sized heap): a 500-byte block, a 1000-byte kernel stack,
 # an mm_struct with one area, and a 200-byte block freed between them.
 LAYOUT = """
-init(8192)
+init(4096)
 p = kmalloc(500)
 gap = kmalloc(200)
 s = allocate_kernel_stack(1000)
@@ -30,9 +31,9 @@ def test_the_png_shows_each_block_in_its_colour_where_it_is(target, tmp_path):
     img = Image.open(path)
     img.load()
     piece, cells = pic.slices(64)
-    assert piece == 8 and len(cells) == 1024  # 8 KiB at 8 bytes a cell: 16 rows of 64
+    assert piece == 8 and len(cells) == 512  # 4 KiB at 8 bytes a cell: 8 rows of 64
     assert img.size == (2 * heapmap.MARGIN + 64 * heapmap.CELL,
-                        2 * heapmap.MARGIN + 16 * heapmap.CELL + 4 * heapmap.LINE)
+                        2 * heapmap.MARGIN + 8 * heapmap.CELL + 4 * heapmap.LINE)
 
     def colour_at(addr):
         n = (addr - pic.base) // piece
@@ -63,7 +64,7 @@ def test_the_svg_has_a_cell_for_each_slice(target, tmp_path):
     path = tmp_path / "map.svg"
     heapmap.svg(pic, path, width=64)
     text = path.read_text()
-    assert text.startswith("<svg") and text.count("<title>") == 1024
+    assert text.startswith("<svg") and text.count("<title>") == 512
     assert "fragmentation" in text
 
 
