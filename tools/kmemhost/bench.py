@@ -177,13 +177,19 @@ def run(target, info, rounds, quick, hardened_too=True):
            "skipped_live": {n: f"needs a {n * ARENA_PER_LIVE + 4096}-byte arena, more than a "
                                f"third of the board's {heap}-byte heap" for n in skipped}}
 
-    def go(snippet, **kw):
+    started = time.time()
+
+    def go(what, snippet, **kw):
+        # Progress on stderr: a step on a slow board takes minutes.
+        print(f"bench {target.name}: {what} ({time.time() - started:.0f} s)", file=sys.stderr,
+              flush=True)
         targets.begin_test()  # a fresh board for each snippet
         return ast.literal_eval(target.exec(snippet.format(seed=seed, **kw),
                                             timeout=600).strip().splitlines()[-1])
 
     arena = max(lives) * ARENA_PER_LIVE + 4096
-    pairs = go(_PAIRS, arena=arena, lives=lives, rounds=rounds, hardened_too=hardened_too)
+    pairs = go(f"kmalloc+kfree pairs, {rounds} round{'s' * (rounds != 1)}", _PAIRS, arena=arena, lives=lives,
+               rounds=rounds, hardened_too=hardened_too)
     hardened = pairs.pop("hardened")
     out["pair_iterations"] = pairs["n"]
     out["bytearray_ns"] = summary(pairs["bytearray"])
@@ -207,10 +213,11 @@ def run(target, info, rounds, quick, hardened_too=True):
     out["trace_ops"] = ops
     for key, hard in (("trace_us", ""), ("hardened_trace_us", ", hardened=True"))[
             :2 if hardened_too else 1]:
-        trace = go(_TRACE, ops=ops, arena=small, hardened=hard)
+        trace = go(f"a trace of {ops} operations{hard and ' on a hardened heap'}", _TRACE,
+                   ops=ops, arena=small, hardened=hard)
         out[key] = {op: summary(t) for op, t in trace.items() if t}
         out[key]["all"] = summary([t for ts in trace.values() for t in ts])
-    occ = go(_OCCUPANCY, churn=500 if quick else 3000, arena=small)
+    occ = go("occupancy", _OCCUPANCY, churn=500 if quick else 3000, arena=small)
     out["occupancy"] = occ["used"] / occ["size"]
     out["header_bytes_per_live_block"] = occ["header_max"]
     bare = copy.copy(target)  # the same board, without the kmem prelude
