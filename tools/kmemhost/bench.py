@@ -188,8 +188,8 @@ def run(target, info, rounds, quick, hardened_too=True):
                                             timeout=600).strip().splitlines()[-1])
 
     arena = max(lives) * ARENA_PER_LIVE + 4096
-    pairs = go(f"kmalloc+kfree pairs, {rounds} round{'s' * (rounds != 1)}", _PAIRS, arena=arena, lives=lives,
-               rounds=rounds, hardened_too=hardened_too)
+    pairs = go(f"kmalloc+kfree pairs, {rounds} round{'s' * (rounds != 1)}", _PAIRS,
+               arena=arena, lives=lives, rounds=rounds, hardened_too=hardened_too)
     hardened = pairs.pop("hardened")
     out["pair_iterations"] = pairs["n"]
     out["bytearray_ns"] = summary(pairs["bytearray"])
