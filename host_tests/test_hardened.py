@@ -168,3 +168,22 @@ result = (p, s)
                      "Memory free requested at 0x%08x" % s,
                      "Memory free requested at 0x%08x" % p]
 
+
+
+def test_a_seal_with_any_bits_flipped_is_reported_without_reading_outside_the_block(target):
+    # On a 32-bit board a seal with its top bit set reads as a negative number.
+    got = run(target, HARDENED, """
+p = kmalloc(20)
+seal_at = off(p) + tlsf.usable(h.arena, off(p)) - 4
+good = tlsf.load32(h.arena, seal_at)
+found = []
+for bit in (0, 5, 29, 30, 31):
+    tlsf.store32(h.arena, seal_at, good ^ (1 << bit))
+    found.append(caught(ksize, p))
+tlsf.store32(h.arena, seal_at, good)
+result = (found, ksize(p), check())
+""")
+    found, size, sound = got
+    assert all(e and e.endswith("seal overwritten (the header's size or kind changed, or the "
+                                "block's last word)") for e in found), found
+    assert size == 20 and sound is True

@@ -5,7 +5,7 @@
 # allocator work (and their own header and link checks). What a hardened heap adds:
 #
 #   live block payload: [ n bytes asked for | red zone: REDZONE bytes (>= 1) | seal ]
-#   seal (the payload's last word) = n ^ mix(header) ^ secret
+#   seal (the payload's last word) = n * odd ^ mix(header) ^ secret (mod 2**30)
 #   free block: header, next, prev, then POISON bytes up to its boundary tag
 #
 # - Red zone: a write past the n bytes changes the red zone or the seal; kfree,
@@ -33,14 +33,17 @@ _SIZE_MASK = const(0x0FFFFFF8)
 _FREE = const(1)
 _PREV_FREE = const(2)
 _MIX = const(0x2545F491)  # odd: every header bit changes the seal's high bits
+_NMUL = const(0x1F3D5B79)  # odd, so n * _NMUL mod 2**30 is undone by * _NINV
+_NINV = const(0x07331EC9)  # _NMUL's inverse mod 2**30
 
 
 @micropython.viper
 def _mix(a: ptr32, off: int, n: int, secret: int) -> int:
     # The seal of the live block at payload off holding n bytes (30 bits, so the same on
-    # every word size): a change to any header bit reaches bits 26..29. PREV_FREE is left
-    # out: it is the block before's to change.
-    return (n ^ (((a[(off >> 2) - 1] & -3) * _MIX) >> 2) ^ secret) & 0x3FFFFFFF
+    # every word size): n times an odd constant, so that a flipped bit of the seal (or of
+    # the header, which reaches bits 26..29) decodes to a size far too big for the block.
+    # PREV_FREE is left out: it is the block before's to change.
+    return ((n * _NMUL) ^ (((a[(off >> 2) - 1] & -3) * _MIX) >> 2) ^ secret) & 0x3FFFFFFF
 
 
 @micropython.viper
@@ -64,7 +67,10 @@ def _unseal(a: ptr32, off: int, secret: int, limit: int) -> int:
     if size < 16 or off - 4 + size > limit:
         return -1
     end = off + size - 4 - 4
-    n = (a[end >> 2] ^ (((a[(off >> 2) - 1] & -3) * _MIX) >> 2) ^ secret) & 0x3FFFFFFF
+    seal = a[end >> 2]
+    if seal >> 30:  # a seal has 30 bits
+        return -1
+    n = ((seal ^ int(_mix(a, off, 0, secret))) * _NINV) & 0x3FFFFFFF  # seal: n * _NMUL ^ ...
     if n > end - off - 1:
         return -1
     b = ptr8(a)
