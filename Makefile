@@ -74,11 +74,13 @@ demo: $(STAMP)
 repl: $(STAMP)
 	$(KMEMHOST).run
 
-# Flash MicroPython itself: make flash BOARD=rpi_pico|esp32_generic [PORT=/dev/ttyUSB0]
-#   [FIRMWARE=file] [MOUNT=dir of the RPI-RP2 drive] [FLASHER=mpflash] [DRY_RUN=1]
+# Flash MicroPython itself by mpflash (requirements-flash.txt, installed into .venv on first
+# use): make flash BOARD=rpi_pico|esp32_generic PORT=/dev/ttyACM0 [DRY_RUN=1: print the
+# command only]. MOUNT=dir instead of PORT: a UF2 board already in BOOTSEL mode, its drive
+# at dir. FIRMWARE=file: a local image (esptool over PORT, or a copy onto MOUNT).
 FLASH_ARGS = $(if $(BOARD),--board $(BOARD)) $(if $(PORT),--port $(PORT)) \
     $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(MOUNT),--mount $(MOUNT)) \
-    $(if $(FLASHER),--flasher $(FLASHER)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+    $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 .PHONY: flash
 flash: $(STAMP)
