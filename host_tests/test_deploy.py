@@ -108,6 +108,14 @@ def test_switching_between_py_and_mpy_removes_the_other_kind(board):
     assert imported(board) == "/lib/kmem/__init__.mpy"
 
 
+def test_a_board_side_error_is_one_line(board):
+    os.makedirs(os.path.join(board.flash_dir, "lib"))
+    open(os.path.join(board.flash_dir, "lib", "kmem"), "w").close()  # a file, not a directory
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.deploy(board)
+    assert str(e.value) == "listdir /lib/kmem on the board failed: ENOTDIR"
+
+
 # --- falling back to .py ----------------------------------------------------------------
 
 @pytest.mark.parametrize("change, reason", [
