@@ -78,6 +78,9 @@ def test_deploy_copies_mpy_then_nothing(board):
     again = deploy.deploy(board)
     assert (again.copied, again.removed, again.unchanged) == ([], [], MPYS)
     assert f"copied 0, unchanged {len(SOURCES)}, removed 0" in again.summary()
+    with open(os.path.join(board.flash_dir, "lib", "kmem", "tlsf.mpy"), "r+b") as f:
+        f.write(b"X")  # same name and size, other bytes: the board's sha256 differs
+    assert deploy.deploy(board).copied == ["tlsf.mpy"]
 
 
 def test_changed_source_redeploys_only_that_file(board, tmp_path, monkeypatch):
