@@ -179,6 +179,25 @@ def test_ram_deploy_leaves_flash_alone_and_survives_soft_resets(board, monkeypat
     assert os.listdir(board.flash_dir) == []
 
 
+def test_romfs_check_compares_the_image_with_the_build(board, monkeypatch):
+    # --deploy romfs checks a ROMFS image the board already has (/rom on qemu): here the
+    # image ram mode mounts at /ram stands in for it.
+    monkeypatch.setattr(deploy, "RAM_FS", "romfs")
+    monkeypatch.setattr(deploy, "ROMFS_MOUNT", "/ram")
+    deploy.deploy(board, mode="ram")
+    d = deploy.deploy(board, mode="romfs")
+    assert (d.unchanged, d.copied, d.imported_from) == (MPYS, [], "/ram/kmem/__init__.mpy")
+    with pytest.raises(deploy.DeployError, match=r"the ROMFS image at /ram/kmem does not hold "
+                                                 r"this build of kmem \(differs: __init__.mpy, "):
+        deploy.deploy(board, mode="romfs", py=True)
+    files = dict(d.files, **{"kmem/tlsf.mpy": d.files["kmem/tlsf.mpy"] + b"\0"})  # sha256 differs
+    with pytest.raises(deploy.DeployError, match=r"\(differs: tlsf.mpy\)"):
+        deploy._check_romfs(board, deploy.Deployment("romfs", "mpy", d.arch, files, None, "/ram", []))
+    board.soft_reset()  # RAM emptied: no image
+    with pytest.raises(deploy.DeployError, match="the board has no /ram/kmem: no ROMFS image"):
+        deploy.deploy(board, mode="romfs")
+
+
 class FakeBoard:
     """Records what deploy does over the wire (the vboard does not emulate mpremote mount)."""
 
