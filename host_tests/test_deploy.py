@@ -78,6 +78,9 @@ def test_deploy_copies_mpy_then_nothing(board):
     again = deploy.deploy(board)
     assert (again.copied, again.removed, again.unchanged) == ([], [], MPYS)
     assert f"copied 0, unchanged {len(SOURCES)}, removed 0" in again.summary()
+    with open(os.path.join(board.flash_dir, "lib", "kmem", "tlsf.mpy"), "r+b") as f:
+        f.write(b"X")  # same name and size, other bytes: the board's sha256 differs
+    assert deploy.deploy(board).copied == ["tlsf.mpy"]
 
 
 def test_changed_source_redeploys_only_that_file(board, tmp_path, monkeypatch):
@@ -106,6 +109,14 @@ def test_switching_between_py_and_mpy_removes_the_other_kind(board):
     d = deploy.deploy(board)
     assert (d.kind, d.copied, d.removed) == ("mpy", MPYS, SOURCES)
     assert imported(board) == "/lib/kmem/__init__.mpy"
+
+
+def test_a_board_side_error_is_one_line(board):
+    os.makedirs(os.path.join(board.flash_dir, "lib"))
+    open(os.path.join(board.flash_dir, "lib", "kmem"), "w").close()  # a file, not a directory
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.deploy(board)
+    assert str(e.value) == "listdir /lib/kmem on the board failed: ENOTDIR"
 
 
 # --- falling back to .py ----------------------------------------------------------------
@@ -166,6 +177,25 @@ def test_ram_deploy_leaves_flash_alone_and_survives_soft_resets(board, monkeypat
     assert board.exec("import kmem\nkmem.init(4096)\nprint(kmem.__file__, "
                       "kmem.kmalloc(12) is not None)") == "/ram/kmem/__init__.mpy True\n"
     assert os.listdir(board.flash_dir) == []
+
+
+def test_romfs_check_compares_the_image_with_the_build(board, monkeypatch):
+    # --deploy romfs checks a ROMFS image the board already has (/rom on qemu): here the
+    # image ram mode mounts at /ram stands in for it.
+    monkeypatch.setattr(deploy, "RAM_FS", "romfs")
+    monkeypatch.setattr(deploy, "ROMFS_MOUNT", "/ram")
+    deploy.deploy(board, mode="ram")
+    d = deploy.deploy(board, mode="romfs")
+    assert (d.unchanged, d.copied, d.imported_from) == (MPYS, [], "/ram/kmem/__init__.mpy")
+    with pytest.raises(deploy.DeployError, match=r"the ROMFS image at /ram/kmem does not hold "
+                                                 r"this build of kmem \(differs: __init__.mpy, "):
+        deploy.deploy(board, mode="romfs", py=True)
+    files = dict(d.files, **{"kmem/tlsf.mpy": d.files["kmem/tlsf.mpy"] + b"\0"})  # sha256 differs
+    with pytest.raises(deploy.DeployError, match=r"\(differs: tlsf.mpy\)"):
+        deploy._check_romfs(board, deploy.Deployment("romfs", "mpy", d.arch, files, None, "/ram", []))
+    board.soft_reset()  # RAM emptied: no image
+    with pytest.raises(deploy.DeployError, match="the board has no /ram/kmem: no ROMFS image"):
+        deploy.deploy(board, mode="romfs")
 
 
 class FakeBoard:

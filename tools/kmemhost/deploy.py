@@ -7,9 +7,10 @@ python -m kmemhost.deploy [--port auto|DEVICE|port:DEVICE|id:SERIAL] [--board PR
 Modes:
   flash (default)  kmem/*.mpy in <lib>/kmem on the board's filesystem, <lib> being the first
                    sys.path entry ending in /lib (as mip picks it; /lib on rp2 and esp32).
-                   A file is copied only when its sha256, computed on the board, differs
-                   from the host's; files in <lib>/kmem that are not part of kmem (a .py
-                   left from a .py deploy, a removed module) are deleted. Survives resets.
+                   Copied with mpremote's file calls, as `mpremote fs cp` copies: only
+                   files whose sha256 on the board differs from the host's; files in
+                   <lib>/kmem that are not part of kmem (a .py left from a .py deploy, a
+                   removed module) are deleted. Survives resets.
   ram              the same files on a RAM filesystem mounted at /ram, put first on
                    sys.path; flash is not touched. A read-only romfs image (vfs.VfsRom;
                    about the files' size, .mpy bytecode runs in place) where the firmware
@@ -44,6 +45,7 @@ put (a frozen kmem or a /kmem on the filesystem would shadow /lib/kmem).
 """
 import argparse
 import base64
+import errno
 import hashlib
 import os
 import sys
@@ -54,8 +56,9 @@ from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, GENERIC_PROFILE, MPY_ARCHES
                       TargetError, TargetTimeout, TargetUnavailable, resolve_port)
 
 PACKAGE = "kmem"
-CHUNK = 768            # raw bytes per write call: 1 KiB of base64 in the board's source
-CHUNKS_PER_EXEC = 4    # write calls per raw-REPL exec (~4 KiB of source to compile)
+CHUNK = 768            # bytes per write call (mpremote's fs_writefile: a bytes literal of
+                       # up to 3 KiB; ram's romfs image: 1 KiB of base64)
+CHUNKS_PER_EXEC = 4    # romfs image writes per raw-REPL exec (~4 KiB of source to compile)
 RAM_MOUNT = "/ram"
 RAM_BLOCK = 512
 RAM_FS = "auto"        # ram mode: "romfs" where the firmware has vfs.VfsRom, else "littlefs"
@@ -66,10 +69,6 @@ FROZEN = ".frozen"       # sys.path entry of frozen modules
 
 class DeployError(Exception):
     pass
-
-
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def mpy_header(data):
@@ -195,65 +194,6 @@ def lib_dir(info):
 
 # --- on-board snippets --------------------------------------------------------------------
 
-_HASHES = """\
-import os
-try:
- import hashlib, binascii
- hashlib.sha256
-except (ImportError, AttributeError):
- hashlib = None
-def __kmem_hashes(d, rel, out):
- try:
-  entries = list(os.ilistdir(d))
- except OSError:
-  return out
- for e in entries:
-  p = d + '/' + e[0]
-  if e[1] & 0x4000:
-   __kmem_hashes(p, rel + e[0] + '/', out)
-   continue
-  h = None
-  if hashlib:
-   s = hashlib.sha256()
-   b = bytearray(512)
-   with open(p, 'rb') as f:
-    while True:
-     n = f.readinto(b)
-     if not n:
-      break
-     s.update(b if n == 512 else b[:n])
-   h = binascii.hexlify(s.digest()).decode()
-  out[rel + e[0]] = h
- return out
-print(repr(__kmem_hashes({root!r}, '', {{}})))
-"""
-
-_MAKEDIRS = """\
-import os
-for __kmem_d in {dirs!r}:
- try:
-  os.mkdir(__kmem_d)
- except OSError:
-  pass
-"""
-
-_OPEN = """\
-import binascii
-__kmem_f = open({path!r}, 'wb')
-__kmem_w = __kmem_f.write
-__kmem_a = binascii.a2b_base64
-"""
-
-_CLOSE = """\
-__kmem_f.close()
-"""
-
-_REMOVE = """\
-import os
-for __kmem_p in {paths!r}:
- os.remove(__kmem_p)
-"""
-
 _RAM_DISK = """\
 import sys
 try:
@@ -296,12 +236,6 @@ except ImportError:
 print(hasattr(vfs, 'VfsRom'))
 """
 
-_ROM_START = """\
-import binascii
-__kmem_img = bytearray({size})
-__kmem_a = binascii.a2b_base64
-"""
-
 _ROM_MOUNT = """\
 import sys, vfs
 try:
@@ -322,56 +256,60 @@ print(kmem.__file__)
 """
 
 
-def remote_hashes(board, root):
-    """{name relative to root: sha256 hex (None without hashlib on the board)}."""
-    import ast
-    out = board.exec(_HASHES.format(root=root))
-    return ast.literal_eval(out.strip().splitlines()[-1])
+def _fs(board, call, path, *args, ok=()):
+    """mpremote's transport.fs_<call>(path, *args) within a step's deadline. An OSError the
+    board raised for `path` (as mpremote reports them) is a one-line DeployError, or None
+    when its errno is in `ok`."""
+    with board.step(board.timeout):
+        try:
+            return getattr(board.transport, "fs_" + call)(path, *args)
+        except OSError as e:
+            if e.strerror != path:  # not the board's (a serial error): the step reports it
+                raise
+            if e.errno in ok:
+                return None
+            raise DeployError(f"{call} {path} on the board failed: "
+                              f"{errno.errorcode.get(e.errno or 0, e)}") from None
 
 
-def _write(board, path, data):
-    # Straight to the final name (no rename: the unix port's VfsPosix(root), which the vboard
-    # uses as its flash, renames wrongly). An interrupted copy leaves a file whose hash
-    # differs, so the next deploy copies it again.
-    board.exec(_OPEN.format(path=path))
-    chunks = [base64.b64encode(data[i:i + CHUNK]).decode() for i in range(0, len(data), CHUNK)]
-    for i in range(0, len(chunks), CHUNKS_PER_EXEC):
-        board.exec("\n".join(f"__kmem_w(__kmem_a({c!r}))" for c in chunks[i:i + CHUNKS_PER_EXEC]))
-    board.exec(_CLOSE)
+def _listing(board, d, rel=""):
+    """The files under d on the board, relative to d (none when d does not exist)."""
+    out = []
+    for e in _fs(board, "listdir", d, ok=(errno.ENOENT,)) or ():
+        if e.st_mode & 0x4000:
+            out += _listing(board, f"{d}/{e.name}", f"{rel}{e.name}/")
+        else:
+            out.append(rel + e.name)
+    return out
 
 
-def _sync(board, files, parent, d, verify=True):
-    """Make parent/kmem hold exactly `files` ({"kmem/name": bytes}), copying only changes."""
+def _same(board, path, data):
+    """Does the board's file hold `data`? sha256 on the board, as `mpremote fs cp` checks
+    (mpremote reads the file back to hash it where the board has no hashlib.sha256)."""
+    return _fs(board, "hashfile", path, "sha256") == hashlib.sha256(data).digest()
+
+
+def _sync(board, files, parent, d):
+    """Make parent/kmem hold exactly `files` ({"kmem/name": bytes}): like `mpremote fs cp`,
+    a file is written only when its sha256 differs; files there not in `files` are removed."""
     root = f"{parent}/{PACKAGE}"
-    local = {name[len(PACKAGE) + 1:]: data for name, data in files.items()}
-    remote = remote_hashes(board, root)
-    changed = sorted(n for n, data in local.items() if remote.get(n) != sha256(data))
-    stale = sorted(n for n in remote if n not in local)
-    d.unchanged = sorted(set(local) - set(changed))
-    if changed:
-        dirs, path = [], ""
-        for part in (parent.strip("/").split("/") if parent.strip("/") else []) + [PACKAGE]:
-            path += "/" + part
-            dirs.append(path)
-        for n in changed:  # subpackages
-            for part in n.split("/")[:-1]:
-                path = f"{root}/{part}"
-                if path not in dirs:
-                    dirs.append(path)
-        board.exec(_MAKEDIRS.format(dirs=dirs))
-    for n in changed:
-        _write(board, f"{root}/{n}", local[n])
-    if stale:
-        board.exec(_REMOVE.format(paths=[f"{root}/{n}" for n in stale]))
-    d.copied, d.removed = changed, stale
-    if any(h is None for h in remote.values()) or (local and board.info and not board.info.sha256):
-        d.notes.append("the board has no hashlib.sha256: every file is copied every time")
-    elif verify and (changed or stale):
-        after = remote_hashes(board, root)
-        wrong = sorted(n for n, data in local.items() if after.get(n) != sha256(data))
-        if wrong or set(after) != set(local):
-            raise DeployError(f"after copying, {root} on the board does not match the host "
-                              f"(differs: {', '.join(wrong) or 'the file list'}); serial errors?")
+    remote = _listing(board, root)
+    made = set()
+    for name, data in sorted(files.items()):
+        n = name[len(PACKAGE) + 1:]
+        if n in remote and _same(board, f"{root}/{n}", data):
+            d.unchanged.append(n)
+            continue
+        parts = f"{root}/{n}".strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            if (path := "/" + "/".join(parts[:i])) not in made:
+                _fs(board, "mkdir", path, ok=(errno.EEXIST,))
+                made.add(path)
+        _fs(board, "writefile", f"{root}/{n}", data, CHUNK)
+        d.copied.append(n)
+    d.removed = sorted(set(remote) - {name[len(PACKAGE) + 1:] for name in files})
+    for n in d.removed:
+        _fs(board, "rmfile", f"{root}/{n}")
 
 
 def _ram(board, files, d):
@@ -384,11 +322,11 @@ def _ram(board, files, d):
     d.ram_fs = fs
     if fs == "romfs":
         image = build.romfs_image(files)
-        board.exec(_ROM_START.format(size=len(image)))
+        board.exec(f"import binascii\n__kmem_img = bytearray({len(image)})")
         chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
                   for i in range(0, len(image), CHUNK)]
         for k in range(0, len(chunks), CHUNKS_PER_EXEC):
-            board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = __kmem_a({c!r})"
+            board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = binascii.a2b_base64({c!r})"
                                   for i, c in chunks[k:k + CHUNKS_PER_EXEC]))
         board.exec(_ROM_MOUNT.format(mount=RAM_MOUNT))
         d.copied = sorted(name[len(PACKAGE) + 1:] for name in files)
@@ -407,21 +345,17 @@ def _mount(board, host_dir):
 
 
 def _check_romfs(board, d):
-    remote = remote_hashes(board, d.root)
-    local = {name[len(PACKAGE) + 1:]: sha256(data) for name, data in d.files.items()}
+    remote = _listing(board, d.root)
     if not remote:
         raise DeployError(f"the board has no {d.root}: no ROMFS image with kmem is mounted "
                           f"(on a board: mpremote romfs deploy DIR, DIR holding kmem/)")
-    hashed = all(h is not None for h in remote.values())  # no hashlib: names only
-    if set(remote) != set(local) or (hashed and remote != local):
-        wrong = sorted(n for n in set(local) | set(remote)
-                       if n not in remote or n not in local or (hashed and remote[n] != local[n]))
+    local = {name[len(PACKAGE) + 1:]: data for name, data in d.files.items()}
+    wrong = sorted(set(local).symmetric_difference(remote)
+                   | {n for n in local if n in remote and not _same(board, f"{d.root}/{n}", local[n])})
+    if wrong:
         raise DeployError(f"the ROMFS image at {d.root} does not hold this build of kmem "
                           f"(differs: {', '.join(wrong)}); rebuild and load it again")
     d.unchanged = sorted(local)
-    if not hashed:
-        d.notes.append("the board has no hashlib.sha256: only the file names in the ROMFS "
-                       "image were checked")
 
 
 def _check_import(board, d):

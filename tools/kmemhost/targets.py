@@ -220,17 +220,11 @@ try:
  __kmem_native = __kmem_viper(1) == 2
 except Exception:
  __kmem_native = False
-try:
- import hashlib
- hashlib.sha256
- __kmem_sha = True
-except (ImportError, AttributeError):
- __kmem_sha = False
 gc.collect()
 print(repr({'mpy': getattr(sys.implementation, '_mpy', 0), 'native': __kmem_native,
  'heap': gc.mem_free() + gc.mem_alloc(), 'platform': sys.platform,
  'machine': getattr(sys.implementation, '_machine', ''),
- 'version': tuple(sys.implementation.version), 'path': list(sys.path), 'sha256': __kmem_sha}))
+ 'version': tuple(sys.implementation.version), 'path': list(sys.path)}))
 """
 
 
@@ -238,7 +232,7 @@ class BoardInfo:
     """What the probe found on a board: .mpy version/arch, native emitter, heap, sys.path."""
 
     def __init__(self, mpy=0, native=False, heap=0, platform="", machine="", version=(),
-                 path=(), sha256=False):
+                 path=()):
         self.mpy_raw = mpy
         self.mpy_version = mpy & 0xFF          # 6 for MicroPython 1.22+
         self.mpy_sub = (mpy >> 8) & 3          # 3 for 1.29
@@ -246,7 +240,7 @@ class BoardInfo:
         self.arch_index = index
         self.arch = MPY_ARCHES[index] if index < len(MPY_ARCHES) else f"arch#{index}"
         self.native, self.heap, self.platform, self.machine = native, heap, platform, machine
-        self.version, self.path, self.sha256 = tuple(version), list(path), sha256
+        self.version, self.path = tuple(version), list(path)
 
     @property
     def mpy(self):
