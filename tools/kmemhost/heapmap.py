@@ -103,10 +103,6 @@ def _layout(pic, width):
     return piece, cells, rows, w, h
 
 
-def _legend(piece):
-    return [(i, f"{k}") for i, k in enumerate(KINDS)], f"1 cell = {piece} bytes"
-
-
 def png(pic, path, width=64):
     """Write the map as a PNG: cells, then the legend and the figures under them."""
     from PIL import Image, ImageDraw  # imported here: only `map -o x.png` needs Pillow
@@ -118,9 +114,9 @@ def png(pic, path, width=64):
         x, y = MARGIN + (n % width) * CELL, MARGIN + (n // width) * CELL
         draw.rectangle((x, y, x + CELL - 2, y + CELL - 2), fill=COLOURS[c])
     y = MARGIN + rows * CELL + 4
-    keys, scale = _legend(piece)
+    scale = f"1 cell = {piece} bytes"
     x = MARGIN
-    for i, name in keys:
+    for i, name in enumerate(KINDS):
         draw.rectangle((x, y + 2, x + 8, y + 10), fill=COLOURS[i])
         draw.text((x + 11, y), name, fill=(0, 0, 0))
         x += 14 + int(draw.textlength(name)) + 8
@@ -143,9 +139,9 @@ def svg(pic, path, width=64):
                    f'fill="rgb{COLOURS[c]}"><title>{KINDS[c]} at '
                    f'0x{pic.base + n * piece:08x}</title></rect>')
     y = MARGIN + rows * CELL + 4
-    keys, scale = _legend(piece)
-    for n, (i, name) in enumerate(keys):
-        x = MARGIN + n * 110
+    scale = f"1 cell = {piece} bytes"
+    for i, name in enumerate(KINDS):
+        x = MARGIN + i * 110
         out.append(f'<rect x="{x}" y="{y + 2}" width="8" height="8" fill="rgb{COLOURS[i]}"/>'
                    f'<text x="{x + 11}" y="{y + 10}">{name}</text>')
     out.append(f'<text x="{MARGIN}" y="{y + LINE + 10}">{scale}</text>')
