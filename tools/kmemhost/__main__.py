@@ -1,19 +1,21 @@
 """kmemctl: one command line for kmem's board jobs (also `python -m kmemhost`).
 
-kmemctl targets                      the board profiles, and the MicroPython boards plugged in
-kmemctl map [--target T] [-o F]      the target's heap: a PNG or SVG (by F's suffix), or the
-        [--width N] [-c CODE]        terminal; CODE runs first (on the unix port each call
-        [--mm EXPR]                  is a fresh process: build the layout there); --mm: the
-                                     address space EXPR names (mm_map(), or a PNG)
-kmemctl test [--target T] [ARGS]     the test suite on a target (pytest ARGS)
-kmemctl fuzz [--target T]            the long differential fuzz (make fuzz)
-kmemctl repl [--target T]            a REPL with kmem (the unix port, or mpremote on a board)
-kmemctl deploy|flash|bench|qemu|vboard ARGS
-                                     the tools behind make deploy, make flash, make bench,
-                                     make qemu, tools/vboard, with their own options (-h)
-T is as for the test suite: unix[:PROFILE] (default), vboard[:PROFILE], qemu, port:DEVICE,
-auto, id:SERIAL. A failure that has a cause (no board, port busy, kmem not deployed, the
-toolchain missing) ends in one line saying so."""
+kmemctl targets                    the board profiles, the boards plugged in, whether qemu runs
+kmemctl map [T] [-o F] [-c CODE]   the target's heap: a PNG or SVG (by F's suffix), or the
+        [--run FILE] [--width N]   terminal, after CODE / FILE ran (on the unix port each call
+        [--mm EXPR]                is a fresh process); --mm: the address space EXPR names;
+        [--watch [--interval MS]]  --watch: redrawn while CODE / FILE runs
+kmemctl deploy [T] [--arch A] [--py]   put kmem on the target (make deploy)
+kmemctl test [T] [PYTEST ARGS]     the test suite on a target
+kmemctl fuzz [T] [--examples N]    the long differential fuzz (make fuzz)
+kmemctl bench [T] [--quick] ...    speed, worst case, occupancy, footprint (make bench)
+kmemctl repl [T]                   a REPL with kmem: the unix port, or mpremote on a board
+                                   (vboard and qemu: started, kmem deployed, stopped after)
+kmemctl flash|qemu|vboard ARGS     flash MicroPython (make flash); start the emulated or the
+                                   virtual board and keep it up (make qemu, make vboard)
+[T] is --target unix[:PROFILE] (default), vboard[:PROFILE], qemu, port:DEVICE, auto,
+id:SERIAL, with --deploy MODE and --board PROFILE as for the test suite. A failure that has
+a cause (no board, port busy, kmem not deployed, the toolchain missing) ends in one line."""
 import argparse
 import os
 import subprocess
@@ -39,63 +41,112 @@ def _targets():
     return 0
 
 
+def _target(args, **kwargs):
+    from . import targets
+    return targets.make_target(args.target, deploy=args.deploy, board=args.board, **kwargs)
+
+
 def _map(args):
     from . import heapmap, targets
-    target = targets.make_target(args.target)
-    if args.mm:
-        return _mm_map(args, target)
+    target = _target(args)
+    setup = (args.code or "") + "\n"
+    if args.run:
+        with open(args.run) as f:
+            setup += f.read() + "\n"
     try:
-        pic = heapmap.fetch(target, (args.code or "") + "\n")
+        if args.watch:
+            return _watch(args, target, setup)
+        if args.mm:
+            return _mm_map(args, target, setup)
+        _draw(args, heapmap.fetch(target, setup))
     finally:
         targets.close_all()
-    if not args.output:
-        for line in heapmap.text(pic, args.width, colour=sys.stdout.isatty()):
-            print(line)
-    elif args.output.endswith(".svg"):
-        heapmap.svg(pic, args.output, args.width)
-    else:
-        try:
-            heapmap.png(pic, args.output, args.width)
-        except ImportError:
-            raise SystemExit("kmemctl map: writing a PNG needs Pillow (make venv installs "
-                             "it); an SVG does not: -o map.svg")
     if args.output:
         print(f"wrote {args.output}")
     return 0
 
 
-def _mm_map(args, target):
+def _draw(args, pic, path=None):
+    from . import heapmap
+    if not args.output:
+        for line in heapmap.text(pic, args.width, colour=sys.stdout.isatty()):
+            print(line)
+    elif args.output.endswith(".svg"):
+        heapmap.svg(pic, path or args.output, args.width)
+    else:
+        try:
+            heapmap.png(pic, path or args.output, args.width)
+        except ImportError:
+            raise SystemExit("kmemctl map: writing a PNG needs Pillow (make venv installs "
+                             "it); an SVG does not: -o map.svg") from None
+
+
+def _watch(args, target, program):
+    # Each picture replaces the last: the terminal is cleared (when it is one) and the file
+    # is rewritten whole (renamed into place, so a viewer never reads half a picture).
+    from collections import deque
+
+    from . import heapmap
+    said, frames = deque(maxlen=5), [0]
+    tty = sys.stdout.isatty() and not args.output
+
+    def show(pic):
+        frames[0] += 1
+        if args.output:
+            root, ext = os.path.splitext(args.output)
+            _draw(args, pic, root + ".part" + ext)
+            os.replace(root + ".part" + ext, args.output)
+            print(f"picture {frames[0]}: wrote {args.output} ({pic.figures()})", flush=True)
+            return
+        print("\x1b[H\x1b[2J" if tty else f"-- picture {frames[0]}", flush=True)
+        _draw(args, pic)
+        if tty:
+            print("\n".join(said), flush=True)
+
+    def output(line):
+        said.append(line)
+        if not tty:
+            print(line, flush=True)
+
+    heapmap.watch(target, program, show, output, args.interval, args.timeout)
+    return 0
+
+
+def _mm_map(args, target, setup):
     # An address space: the board's own mm_map() in the terminal, else a PNG of its bar.
-    from . import heapmap, targets
-    setup = (args.code or "") + "\n"
-    try:
-        if not args.output:
-            print(target.exec(setup + "mm_map(%s, %d)\n" % (args.mm, args.width)), end="")
-            return 0
-        areas = heapmap.fetch_areas(target, args.mm, setup)
-    finally:
-        targets.close_all()
-    heapmap.areas_png(areas, args.output, args.width)
+    from . import heapmap
+    if not args.output:
+        print(target.exec(setup + "mm_map(%s, %d)\n" % (args.mm, args.width)), end="")
+        return 0
+    heapmap.areas_png(heapmap.fetch_areas(target, args.mm, setup), args.output, args.width)
     print(f"wrote {args.output}")
     return 0
 
 
-def _pytest(target, extra, env=None):
-    cmd = [sys.executable, "-m", "pytest", "--target", target, *extra]
+def _pytest(args, extra, env=None):
+    cmd = [sys.executable, "-m", "pytest", "--target", args.target, *extra]
+    cmd += ["--deploy", args.deploy] if args.deploy else []
+    cmd += ["--board", args.board] if args.board else []
     return subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, **(env or {})))
 
 
-def _repl(target):
-    if target.startswith("unix"):
-        from . import run
-        profile = target.partition(":")[2] or "unix"
-        return run.main(["--profile", profile])
+def _repl(args):
     from . import targets
-    if target.startswith(("vboard", "qemu")):
-        raise ValueError(f"start the board first (kmemctl {target.partition(':')[0]}), then "
-                         "kmemctl repl --target port:PTY")
-    device, _ = targets.resolve_port(target)
-    return subprocess.call([sys.executable, "-m", "mpremote", "connect", device, "repl"])
+    if args.target.startswith("unix"):
+        from . import run
+        return run.main(["--profile", args.target.partition(":")[2] or "unix"])
+    target = _target(args)
+    try:
+        board = target.board
+        if isinstance(board, targets.LocalBoard):  # start it, deploy, leave it running
+            target.probe()
+            print(f"{board.name}: up, kmem deployed ({board.log[-1] if board.log else ''}); "
+                  "Ctrl-] or Ctrl-X leaves and stops it", flush=True)
+            targets.SerialBoard.close(board)  # the port only: mpremote takes it over
+        return subprocess.call([sys.executable, "-m", "mpremote", "connect", board._device(),
+                                "repl"])
+    finally:
+        targets.close_all()
 
 
 def main(argv=None):
@@ -116,12 +167,22 @@ def main(argv=None):
     r = sub.add_parser("repl", help="a REPL with kmem")
     for p in (m, t, f, r):
         p.add_argument("--target", default="unix", help="unix (default), vboard, qemu, port:DEVICE, ...")
+        p.add_argument("--deploy", help="how kmem gets on a board: flash, ram, mount, romfs, frozen")
+        p.add_argument("--board", help="the profile of a board its USB id does not name")
     m.add_argument("-o", "--output", help="FILE.png or FILE.svg (default: the terminal)")
     m.add_argument("--width", type=int, default=64, help="cells per row (default 64)")
     m.add_argument("-c", "--code", help="MicroPython code to run on the target first")
+    m.add_argument("--run", metavar="FILE", help="a MicroPython file to run there first (after -c)")
     m.add_argument("--mm", metavar="EXPR", help="draw the address space EXPR names instead "
                    "(an mm_struct's address, or a name -c bound): mm_map() in the terminal, "
                    "or a PNG")
+    m.add_argument("--watch", action="store_true", help="redraw while -c / --run runs (kmem's "
+                   "calls are wrapped: the program needs nothing)")
+    m.add_argument("--interval", type=int, default=200, metavar="MS",
+                   help="--watch: at most one picture per MS milliseconds (default 200; 0: "
+                        "after every call)")
+    m.add_argument("--timeout", type=float, default=600, help="--watch: seconds (default 600)")
+    f.add_argument("--examples", type=int, help="sequences to run (default: the long run's)")
     args, extra = ap.parse_known_args(argv)
     if extra and args.command != "test":
         ap.error("unrecognized arguments: " + " ".join(extra))
@@ -132,11 +193,12 @@ def main(argv=None):
         if args.command == "map":
             return _map(args)
         if args.command == "test":
-            return _pytest(args.target, extra)
+            return _pytest(args, extra)
         if args.command == "fuzz":
-            return _pytest(args.target, ["host_tests/test_fuzz.py", "-s", "-q"],
-                           {"KMEM_FUZZ_LONG": "1"})
-        return _repl(args.target)
+            env = {"KMEM_FUZZ_LONG": "1"}
+            env.update({"KMEM_FUZZ_EXAMPLES": str(args.examples)} if args.examples else {})
+            return _pytest(args, ["host_tests/test_fuzz.py", "-s", "-q"], env)
+        return _repl(args)
     except (TargetError, TargetTimeout, TargetUnavailable, ValueError, OSError) as e:
         print(f"kmemctl {args.command}: {e}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 from . import ROOT, build, targets
 
@@ -307,6 +308,8 @@ def main(argv=None):
     ap.add_argument("--reference", nargs="?", const=REFERENCE, metavar="REV",
                     help=f"also measure kmem at git revision REV (default {REFERENCE}; "
                          "unix targets)")
+    ap.add_argument("--output", default=str(RESULTS), metavar="DIR",
+                    help="where the JSON goes (default bench/results)")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
@@ -339,8 +342,9 @@ def main(argv=None):
         first = min(result["pair_ns"])
         print(f"  gain: pair(L={first}) {ref['pair_ns'][first]['median'] / result['pair_ns'][first]['median']:.1f}x "
               f"faster than at {ref['revision']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{result['target'].replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['target'].replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"  written to {path}")
     return 0 if all(v[3] for v in result["verdicts"]) else 1

@@ -1,8 +1,9 @@
 """Put kmem on a MicroPython board (make deploy; the test harness does the same before a
 board run).
 
-python -m kmemhost.deploy [--port auto|DEVICE|port:DEVICE|id:SERIAL] [--board PROFILE]
-                          [--deploy flash|ram|mount] [--arch ARCH] [--py] [--timeout S]
+kmemctl deploy [--target auto|port:DEVICE|id:SERIAL|unix|vboard|qemu] [--board PROFILE]
+               [--deploy flash|ram|mount|romfs|frozen] [--arch ARCH] [--py] [--timeout S]
+(python -m kmemhost.deploy, make deploy: the same; --port is --target's old name)
 
 Modes:
   flash (default)  kmem/*.mpy in <lib>/kmem on the board's filesystem, <lib> being the first
@@ -51,9 +52,9 @@ import os
 import sys
 
 from . import build
-from .profiles import ProfileError, load_profile
-from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, GENERIC_PROFILE, MPY_ARCHES, SerialBoard,
-                      TargetError, TargetTimeout, TargetUnavailable, resolve_port)
+from .profiles import ProfileError
+from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, MPY_ARCHES, TargetError, TargetTimeout,
+                      TargetUnavailable)
 
 PACKAGE = "kmem"
 CHUNK = 768            # bytes per write call (mpremote's fs_writefile: a bytes literal of
@@ -150,6 +151,7 @@ class Deployment:
         self.copied, self.removed, self.unchanged = [], [], []
         self.imported_from = None
         self.ram_fs = None          # ram mode: "romfs" or "littlefs"
+        self.progress = lambda message: None  # told each file as it is checked or copied
 
     @property
     def root(self):
@@ -295,11 +297,12 @@ def _sync(board, files, parent, d):
     root = f"{parent}/{PACKAGE}"
     remote = _listing(board, root)
     made = set()
-    for name, data in sorted(files.items()):
+    for i, (name, data) in enumerate(sorted(files.items()), 1):
         n = name[len(PACKAGE) + 1:]
         if n in remote and _same(board, f"{root}/{n}", data):
             d.unchanged.append(n)
             continue
+        d.progress(f"  [{i}/{len(files)}] {root}/{n} ({len(data)} bytes)")
         parts = f"{root}/{n}".strip("/").split("/")[:-1]
         for i in range(1, len(parts) + 1):
             if (path := "/" + "/".join(parts[:i])) not in made:
@@ -326,6 +329,7 @@ def _ram(board, files, d):
         chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
                   for i in range(0, len(image), CHUNK)]
         for k in range(0, len(chunks), CHUNKS_PER_EXEC):
+            d.progress(f"  [{k * CHUNK}/{len(image)} bytes] {RAM_MOUNT} image")
             board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = binascii.a2b_base64({c!r})"
                                   for i, c in chunks[k:k + CHUNKS_PER_EXEC]))
         board.exec(_ROM_MOUNT.format(mount=RAM_MOUNT))
@@ -396,17 +400,17 @@ def deploy(board, mode="flash", arch=None, py=False, info=None, log=None):
         _check_import(board, d)
         return _logged(d, log)
     kind, arch, files, host_dir, notes = choose(info, board.profile, arch, py)
+    parent = lib_dir(info) if mode == "flash" else \
+        {"romfs": ROMFS_MOUNT, "ram": RAM_MOUNT}.get(mode, MOUNT_POINT)
+    d = Deployment(mode, kind, arch, files, host_dir, parent, notes)
+    d.progress = log or d.progress
     if mode == "romfs":
-        d = Deployment(mode, kind, arch, files, host_dir, ROMFS_MOUNT, notes)
         _check_romfs(board, d)
     elif mode == "flash":
-        d = Deployment(mode, kind, arch, files, host_dir, lib_dir(info), notes)
         _sync(board, files, d.package_parent, d)
     elif mode == "ram":
-        d = Deployment(mode, kind, arch, files, host_dir, RAM_MOUNT, notes)
         _ram(board, files, d)
     else:
-        d = Deployment(mode, kind, arch, files, host_dir, MOUNT_POINT, notes)
         _mount(board, host_dir)
     _check_import(board, d)
     return _logged(d, log)
@@ -420,40 +424,56 @@ def _logged(d, log):
 
 # --- command line -----------------------------------------------------------------------------
 
+def _target_spec(spec):
+    """--target/--port value -> a make_target spec (a bare DEVICE is port:DEVICE)."""
+    kind = spec.partition(":")[0]
+    return spec if kind in ("unix", "vboard", "qemu", "port", "auto", "id") else "port:" + spec
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m kmemhost.deploy",
-                                 description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="kmemctl deploy", description=__doc__.split("\n")[0],
                                  epilog="Modes and the .mpy/.py choice: see the module docstring "
                                         "(tools/kmemhost/deploy.py).")
-    ap.add_argument("--port", default="auto",
-                    help="DEVICE, port:DEVICE, auto (first USB MicroPython board; default) or id:SERIAL")
+    ap.add_argument("--target", "--port", dest="target", default="auto",
+                    help="auto (first USB MicroPython board; default), port:DEVICE or DEVICE, "
+                         "id:SERIAL; also unix, vboard[:PROFILE] and qemu (which stop "
+                         "again when this ends: a check)")
     ap.add_argument("--board", help="board profile (boards/NAME.json); default: from the USB VID:PID")
-    ap.add_argument("--deploy", choices=DEPLOY_MODES, default="flash", help="default: flash")
+    ap.add_argument("--deploy", choices=DEPLOY_MODES, help="default: flash (qemu: romfs)")
     ap.add_argument("--arch", help="mpy-cross -march to compile for (default: the board's; "
                                    "another than the board's deploys .py)")
     ap.add_argument("--py", action="store_true", help="deploy the .py sources")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                     help=f"seconds per serial step (default {DEFAULT_TIMEOUT})")
     args = ap.parse_args(argv)
-    board = None
+    from .targets import LocalBoard, UnixTarget, close_all, make_target
     try:
         if args.deploy == "mount" and not sys.stdin.isatty():
             raise DeployError("--deploy mount serves kmem from this checkout only while "
                               "mpremote's REPL runs, which needs a terminal, and there is none "
                               "here; use --deploy flash or ram (make deploy DEPLOY=ram)")
-        device, found = resolve_port(args.port)
-        name = args.board or found
-        profile = load_profile(name) if name else GENERIC_PROFILE
-        board = SerialBoard(device, f"port:{device}", profile, timeout=args.timeout)
+        target = make_target(_target_spec(args.target), deploy=args.deploy, arch=args.arch,
+                             board=args.board, timeout=args.timeout)
+        if isinstance(target, UnixTarget):
+            print(f"{target.name}: kmem compiled for {build.host_arch()} in {target.kmem_path} "
+                  "(the unix port imports it from there: MICROPYPATH)")
+            return 0
+        board = target.board
+        local = isinstance(board, LocalBoard)
+        mode = target.deploy
+        if mode == "mount" and local:
+            raise DeployError(f"--deploy mount needs a board that stays up: start one "
+                              f"(kmemctl {target.kind}), then --target port:PTY")
+        if local:
+            print(f"{board.name}: starting it ...", flush=True)
         board.soft_reset()
         info = board.probe()
+        profile = board.profile
         print(f"{board.name}: profile {profile['name']}; MicroPython "
               f"{'.'.join(map(str, info.version[:3]))} on {info.platform}, .mpy v{info.mpy}, "
-              f"arch {info.arch or 'none'}, heap {info.heap} bytes")
-        if args.deploy in ("romfs", "frozen"):
-            deploy(board, mode=args.deploy, arch=args.arch, py=args.py, info=info, log=print)
-            return 0
-        if args.deploy == "mount":
+              f"arch {info.arch or 'none'}, heap {info.heap} bytes", flush=True)
+        if mode == "mount":
+            device = board.device
             kind, arch, files, host_dir, notes = choose(info, profile, args.arch, args.py)
             for n in notes:
                 print(f"note: {n}")
@@ -462,19 +482,22 @@ def main(argv=None):
             print(f"kmem -> {MOUNT_POINT}/{PACKAGE} from {host_dir}, served while this runs "
                   f"(Ctrl-X leaves):\n  {' '.join(cmd)}", flush=True)
             os.execv(sys.executable, cmd)
-        deploy(board, mode=args.deploy, arch=args.arch, py=args.py, info=info, log=print)
-        if args.deploy == "flash":
+        deploy(board, mode=mode, arch=args.arch, py=args.py, info=info,
+               log=lambda m: print(m, flush=True))
+        if mode == "flash":
             board.soft_reset()
-        else:
+        elif mode == "ram" and not local:
             print(f"kmem is in RAM at {RAM_MOUNT} until the next reset; keep it with "
-                  f"`mpremote connect {device} resume repl`")
+                  f"`mpremote connect {board.device} resume repl`")
+        if local:
+            print(f"{board.name}: kmem imports; the board stops now (to keep one running: "
+                  f"kmemctl {target.kind}, then --target port:PTY)")
     except (TargetUnavailable, TargetTimeout, TargetError, DeployError, ProfileError,
             build.BuildError, ValueError) as e:
         print(f"deploy failed: {e}", file=sys.stderr)
         return 1
     finally:
-        if board is not None:
-            board.close()
+        close_all()
     return 0
 
 

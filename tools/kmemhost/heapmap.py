@@ -208,3 +208,118 @@ def _columns(areas, width):
 def maps_line(s, e, f):
     return "%08x-%08x %s%s%s%s" % (s, e, "r" if f & 1 else "-", "w" if f & 2 else "-",
                                    "x" if f & 4 else "-", "s" if f & 8 else "p")
+
+
+# ---- map --watch: the map redrawn while a program runs on the target --------------------
+
+WATCH_MARK = "\x1ekmem-map "
+CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kernel_stack",
+            "free_kernel_stack", "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect",
+            "brk", "init")
+
+
+def watch_script(program, interval_ms):
+    """`program` with kmem's heap-changing calls wrapped: a call after which `interval_ms`
+    have passed since the last picture prints a new one (SNIPPET's value after WATCH_MARK),
+    as do the start and the end. Nothing is needed from the program; the wrappers cost
+    only while watching."""
+    body = "\n".join("    " + line for line in SNIPPET.strip().splitlines())
+    return f"""
+import time, kmem
+def _kmem_picture():
+{body}
+    print({WATCH_MARK!r} + repr(result))
+_kmem_last = [time.ticks_ms()]
+def _kmem_watched(f):
+    def call(*args, **kwargs):
+        r = f(*args, **kwargs)
+        now = time.ticks_ms()
+        if time.ticks_diff(now, _kmem_last[0]) >= {int(interval_ms)}:
+            _kmem_last[0] = now
+            _kmem_picture()
+        return r
+    return call
+for _n in {CHANGERS!r}:
+    if hasattr(kmem, _n):
+        setattr(kmem, _n, _kmem_watched(getattr(kmem, _n)))
+        globals()[_n] = getattr(kmem, _n)
+_kmem_picture()
+{program}
+_kmem_picture()
+"""
+
+
+def watch(target, program, on_picture, on_output, interval_ms=200, timeout=600):
+    """Run `program` on `target` (after its prelude), calling on_picture(HeapPicture) for
+    each picture as it arrives and on_output(line) for the program's own output."""
+    import ast
+
+    from . import targets
+
+    def line(text):
+        if text.startswith(WATCH_MARK):
+            on_picture(picture(ast.literal_eval(text[len(WATCH_MARK):])))
+        else:
+            on_output(text)
+
+    script = target.prelude + watch_script(program, interval_ms)
+    if isinstance(target, targets.UnixTarget):
+        out, err = _stream_unix(target, script, timeout, line)
+    else:
+        out, err = _stream_board(target, script, timeout, line)
+    if err:
+        raise targets.TargetError(*targets.parse_traceback(err), stdout=out, script=script)
+
+
+def _stream_unix(target, script, timeout, line):
+    import os
+    import selectors
+    import subprocess
+    import tempfile
+    import time
+
+    from .targets import TRACEBACK_HEADER, TargetTimeout, find_micropython
+    with tempfile.TemporaryDirectory(prefix="kmem-watch-") as tmp:
+        with open(os.path.join(tmp, "watch.py"), "w") as f:
+            f.write(script)
+        proc = subprocess.Popen(
+            [target.micropython or find_micropython(), "-X",
+             f"heapsize={target.profile['heap_size']}", "watch.py"],
+            cwd=tmp, env=dict(os.environ, MICROPYPATH=target.kmem_path), text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline, seen = time.monotonic() + timeout, []
+        with proc, selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)  # pyright: ignore[reportArgumentType]
+            while True:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    proc.kill()
+                    raise TargetTimeout(target.name, timeout, "".join(seen))
+                text = proc.stdout.readline()  # pyright: ignore[reportOptionalMemberAccess]
+                if not text:
+                    break
+                if seen or TRACEBACK_HEADER in text:
+                    seen.append(text)  # the uncaught exception: reported, not shown
+                else:
+                    line(text.rstrip("\n"))
+    if proc.returncode:
+        return "", "".join(seen) or f"SystemExit: exit status {proc.returncode}"
+    return "", ""
+
+
+def _stream_board(target, script, timeout, line):
+    board = target.board
+    board.prepare()
+    t = board.transport
+    text = bytearray()
+    with board.step(timeout, text):
+        t.exec_raw_no_follow(script.encode())
+        while not text.endswith(b"\x04"):
+            text.extend(t.serial.read(1))
+            if text.endswith(b"\n"):
+                line(text.decode("utf-8", "replace").rstrip("\r\n"))
+                text.clear()
+        err = t.read_until(1, b"\x04", timeout=None)  # pyright: ignore[reportArgumentType]
+    board.fresh = False
+    if text[:-1]:
+        line(text[:-1].decode("utf-8", "replace"))
+    return "", err[:-1].decode("utf-8", "replace")
