@@ -3,24 +3,13 @@
 python -m kmemhost.bench [--target unix|vboard|qemu|port:DEVICE|...] [--rounds 7] [--quick]
                          [--reference REV]
 
-Every figure comes from MicroPython code run on the target (the same targets as the test
-suite), timed there with time.ticks_us:
-  pair     a kmalloc(32)+kfree pair at L live blocks of mixed sizes (L = 16, 256, 4096, fewer
-           when the board's heap cannot hold the arena, and it says so), beside
-           bytearray(32) in the same loop shape, interleaved in one process; median, min and
-           max of the rounds, and the median of each round's ratio
-  trace    a seeded trace of kmalloc/kfree/krealloc, sizes log-uniform 8..2048 in a 64 KiB
-           arena (smaller on a small heap, and it says so): median and maximum time per
-           operation (resolution 1 us)
-  occupancy  the same arena churned, then filled with random sizes: used/size at the first
-           failure, and the header bytes of each live block (from walk())
-  import   MicroPython heap taken by `import kmem` (gc.mem_alloc before and after)
-It prints a table, PASS/FAIL for each target of the "Fast, safe core" issue that applies
-to the target, and writes bench/results/<target>-<time>.json. --reference REV measures
-kmem as it was at git revision REV (default a039688, the core before the fast hot paths)
-the same way in the same run, on unix targets, so the gain shows. Timing is never asserted by
-the test suite; this is where it is reported. On --target qemu, QEMU runs with -icount
-(virtual time follows the instruction count, so figures do not depend on host load).
+Every figure is timed on the target with time.ticks_us (README: Performance says which):
+kmalloc(32)+kfree pairs at L live blocks beside bytearray(32), interleaved; a seeded trace;
+occupancy at the first failure; header bytes per block; the heap `import kmem` takes. Fewer
+live blocks or a smaller arena on a small heap, and it says so. Prints a table with PASS/FAIL
+for the project's targets that apply, writes bench/results/<target>-<time>.json. --reference
+REV also measures kmem at git revision REV (unix targets), so the gain shows. The test suite
+never asserts a timing. On qemu, QEMU runs with -icount (figures independent of host load).
 """
 import argparse
 import ast
@@ -301,7 +290,7 @@ def report(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m kmemhost.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--target", default="unix", help=f"where to measure: {targets.SPECS}")
-    ap.add_argument("--deploy", default=None, help="as for the test suite (boards only)")
+    ap.add_argument("--deploy", help="as for the test suite (boards only)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--quick", action="store_true", help="shorter trace and churn")
     ap.add_argument("--reference", nargs="?", const=REFERENCE, metavar="REV",
