@@ -330,10 +330,8 @@ class _Wire:
     _FORWARD = ("rts", "dtr", "baudrate")
 
     def __init__(self, port):
-        object.__setattr__(self, "_port", port)
-        object.__setattr__(self, "deadline", None)
-        object.__setattr__(self, "timeout", None)  # mpremote's mount sets it; reads use POLL
-        object.__setattr__(self, "received", 0)    # bytes read in the current step
+        # timeout: mpremote's mount sets it, reads use POLL; received: bytes read in this step.
+        self.__dict__.update(_port=port, deadline=None, timeout=None, received=0)
         port.timeout = POLL
         port.write_timeout = WRITE_TIMEOUT
 
@@ -812,7 +810,6 @@ class VboardTarget(SerialTarget):
     kind = "vboard"
 
     def __init__(self, profile="rpi_pico", **kwargs):
-        kwargs.pop("device", None)
         super().__init__(None, profile, **kwargs)
 
     def _new_board(self):
@@ -832,7 +829,6 @@ class QemuTarget(SerialTarget):
     default_deploy = "romfs"
 
     def __init__(self, profile="qemu_microbit", icount=None, **kwargs):
-        kwargs.pop("device", None)
         self.icount = icount  # QEMU -icount shift (make bench), None: real time
         super().__init__(None, profile, **kwargs)
         if self.deploy == "flash":
@@ -872,9 +868,9 @@ SPECS = "unix[:PROFILE], vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL"
 
 
 def make_target(spec="unix", deploy=None, arch=None, board=None, **kwargs) -> Any:
-    """A Target from a spec (SPECS; default unix), of the class it names. kwargs: prelude, timeout, mpy_dir (unix),
-    deploy and arch (boards), board (the profile of a port/auto/id board whose USB id names
-    none), icount (qemu)."""
+    """A Target (of the class the spec names) from a spec in SPECS, default unix. kwargs:
+    prelude, timeout, mpy_dir (unix), deploy and arch (boards), board (the profile of a
+    port/auto/id board whose USB id names none), icount (qemu)."""
     kind, _, arg = spec.partition(":")
     if kind == "unix":
         return UnixTarget(arg or "unix", **kwargs)
