@@ -30,25 +30,9 @@ STUBS_PYTHON = "3.10"  # the stubs' stdlib is typeshed's, cut down; any recent v
 PIP_TIMEOUT = 600     # seconds to install one board's stubs
 CHECK_TIMEOUT = 600   # seconds for all the checks
 
-# Firmware: standard mode, less what does not fit MicroPython code.
-FIRMWARE_RULES = {
-    "typeCheckingMode": "standard",
-    # The board stubs are stubs only: there is no source to find for machine, uctypes...
-    "reportMissingModuleSource": "none",
-    # The inlined blocks (and kheap, with `if hardened:`) set a temporary under one condition
-    # and use it under another that implies it.
-    "reportPossiblyUnboundVariable": "none",  # basedpyright's name for it
-}
-
 
 class LintError(Exception):
     pass
-
-
-def stub_profiles():
-    """{profile: [pinned stub packages]} for every board profile that names its stubs."""
-    return {name: list(stubs) for name in list_profiles()
-            if (stubs := load_profile(name).get("stubs"))}
 
 
 def ensure_stubs(profile, specs):
@@ -82,10 +66,13 @@ def firmware_config(profile, stubs):
         # typings/ first: its micropython.pyi shadows the board's (see its docstring);
         # firmware/ so that examples import kmem as on a board.
         "extraPaths": [str(ROOT / "typings"), str(ROOT / "firmware"), str(stubs)],
-        "venvPath": str(d),
-        "venv": "env",
-        "pythonVersion": STUBS_PYTHON,
-        **FIRMWARE_RULES,
+        "venvPath": str(d), "venv": "env", "pythonVersion": STUBS_PYTHON,
+        # Standard mode, less what does not fit MicroPython code: the board stubs have no
+        # source to find (machine, uctypes...), and the inlined blocks (and kheap, with `if
+        # hardened:`) set a temporary under one condition and use it under one implying it.
+        "typeCheckingMode": "standard",
+        "reportMissingModuleSource": "none",
+        "reportPossiblyUnboundVariable": "none",
     }
     path = d / "pyrightconfig.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -104,9 +91,10 @@ def checks(only):
     pyright = tool("basedpyright")
     out = [("ruff", [tool("ruff"), "check", "--no-cache", str(ROOT)]),
            ("host", [pyright, "-p", str(ROOT), "--pythonpath", sys.executable])]
-    for profile, specs in stub_profiles().items():
-        if not only or profile in only:
-            config = firmware_config(profile, ensure_stubs(profile, specs))
+    for profile in list_profiles():
+        specs = load_profile(profile).get("stubs")  # pinned PyPI packages
+        if specs and (not only or profile in only):
+            config = firmware_config(profile, ensure_stubs(profile, list(specs)))
             out.append((profile, [pyright, "-p", str(config)]))
     return [(n, argv) for n, argv in out if not only or n in only]
 
