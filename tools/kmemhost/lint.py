@@ -1,12 +1,6 @@
-"""make lint: the static checks, run in parallel (about 20-30 s on two cores).
-
-- ruff over the whole tree (pyproject.toml [tool.ruff]);
-- pyright (basedpyright, from PyPI with its own Node.js) over the host code in basic mode
-  (pyproject.toml [tool.pyright]);
-- pyright over firmware/ once per board profile naming its micropython stubs (boards/
-  <profile>.json "stubs": pinned PyPI packages, installed once into .venv/kmem-stubs/
-  <profile>). They serve as the stdlib and the board's modules, no CPython package is on
-  the path, and typings/ comes first: its micropython.pyi says how viper code is checked.
+"""make lint (README: Tests): ruff over the tree, pyright over the host code, and pyright over
+firmware/ once per board profile against the micropython stubs its "stubs" key pins
+(installed once into .venv/kmem-stubs/<profile>; typings/ first). All in parallel.
 
 python -m kmemhost.lint [--only ruff|host|PROFILE ...]
 """

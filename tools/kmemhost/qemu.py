@@ -1,24 +1,17 @@
-"""The emulated RP2040-class board: MicroPython's qemu port (BOARD=MICROBIT) under QEMU.
+"""The emulated RP2040-class board: MicroPython's qemu port under QEMU.
 
-QEMU's microbit machine is a Cortex-M0 (armv6m, the RP2040's instruction set and RAM base);
-the firmware is real bare-metal MicroPython (raw REPL, soft reset, a 192 KiB heap) whose UART
-is a pty that mpremote drives like a USB board. boards/qemu_microbit.json holds the numbers.
+BOARD=MICROBIT is a Cortex-M0 (armv6m, the RP2040's instruction set and RAM base); its UART
+is a pty that mpremote drives like a USB board. Numbers in boards/qemu_microbit.json, more in
+README (The emulated board).
 
-python -m kmemhost.qemu build [--src DIR|TARBALL]   (make qemu-firmware [MICROPYTHON_SRC=...])
-    From a MicroPython tree (v1.28 or later, or its .tar.gz; default $MICROPYTHON_SRC, else
-    ../shared/micropython/*.tar.gz), copied into build/qemu/src (the user's tree is never
-    touched), build build/qemu/firmware.elf (kmem arrives by `mpremote mount` or a ROMFS
-    image) and firmware-kmem.elf (kmem frozen in from boards/manifest.py).
-python -m kmemhost.qemu check
-    Print why the board cannot be built here (toolchain or source missing); exit 1 if so.
-python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]
-    Start the board and print its pty; --romfs loads kmem as a ROMFS image (/rom). Ctrl-C
-    stops it.
+python -m kmemhost.qemu build [--src DIR|TARBALL]   build/qemu/firmware.elf and
+    firmware-kmem.elf (kmem frozen in), from a copy of a MicroPython tree in build/qemu/src
+python -m kmemhost.qemu check    why the board cannot be built here (exit 1), if it cannot
+python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]   start it, print its pty
 
-Frozen armv6m native code: mpy-tool.py aligns it to 2 bytes, but py/asmthumb.c loads 32-bit
-constants assuming a 4-byte-aligned code start, so viper code at 2 mod 4 reads wrong constants
-(kmem then hands out one address twice). The build adds MP_NATIVE_ARCH_ARMV6M to mpy-tool's
-4-byte list in its copy when missing, and checks the linked symbol table afterwards.
+mpy-tool.py aligns frozen armv6m native code to 2 bytes, but armv6m viper code must start
+4-byte aligned to read its constants right: the build fixes its copy of mpy-tool.py where
+needed and checks the linked symbol table.
 """
 import argparse
 import os
