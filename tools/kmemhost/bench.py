@@ -3,24 +3,13 @@
 python -m kmemhost.bench [--target unix|vboard|qemu|port:DEVICE|...] [--rounds 7] [--quick]
                          [--reference REV]
 
-Every figure comes from MicroPython code run on the target (the same targets as the test
-suite), timed there with time.ticks_us:
-  pair     a kmalloc(32)+kfree pair at L live blocks of mixed sizes (L = 16, 256, 4096, fewer
-           when the board's heap cannot hold the arena, and it says so), beside
-           bytearray(32) in the same loop shape, interleaved in one process; median, min and
-           max of the rounds, and the median of each round's ratio
-  trace    a seeded trace of kmalloc/kfree/krealloc, sizes log-uniform 8..2048 in a 64 KiB
-           arena (smaller on a small heap, and it says so): median and maximum time per
-           operation (resolution 1 us)
-  occupancy  the same arena churned, then filled with random sizes: used/size at the first
-           failure, and the header bytes of each live block (from walk())
-  import   MicroPython heap taken by `import kmem` (gc.mem_alloc before and after)
-It prints a table, PASS/FAIL for each target of the "Fast, safe core" issue that applies
-to the target, and writes bench/results/<target>-<time>.json. --reference REV measures
-kmem as it was at git revision REV (default a039688, the core before the fast hot paths)
-the same way in the same run, on unix targets, so the gain shows. Timing is never asserted by
-the test suite; this is where it is reported. On --target qemu, QEMU runs with -icount
-(virtual time follows the instruction count, so figures do not depend on host load).
+Every figure is timed on the target with time.ticks_us (README: Performance says which):
+kmalloc(32)+kfree pairs at L live blocks beside bytearray(32), interleaved; a seeded trace;
+occupancy at the first failure; header bytes per block; the heap `import kmem` takes. Fewer
+live blocks or a smaller arena on a small heap, and it says so. Prints a table with PASS/FAIL
+for the project's targets that apply, writes bench/results/<target>-<time>.json. --reference
+REV also measures kmem at git revision REV (unix targets), so the gain shows. The test suite
+never asserts a timing. On qemu, QEMU runs with -icount (figures independent of host load).
 """
 import argparse
 import ast
@@ -248,25 +237,17 @@ def reference_mpy(rev, arch):
 def verdicts(r):
     """[(what, measured, limit, passed)] for the issue's targets that apply to this target."""
     ratio = {n: s["median"] for n, s in r["pair_ratio"].items()}
-    pair = {n: s["median"] for n, s in r["pair_ns"].items()}
-    first = min(pair)
-    rows = []
-    if r["arch"] in ("x64", "x86"):  # the unix port (or the vboard, the same machine code)
-        rows.append(("pair(L=16) / bytearray(32)", ratio[first], 1.6))
-        if 4096 in pair:
-            rows.append(("pair(L=4096) / pair(L=16)", ratio[4096] / ratio[first], 1.10))
-    else:
-        rows.append((f"pair(L={first}) / bytearray(32)", ratio[first], 2.0))
+    first, unix = min(ratio), r["arch"] in ("x64", "x86")  # unix: the unix port or the vboard
+    rows = [(f"pair(L={first}) / bytearray(32)", ratio[first], "<=", 1.6 if unix else 2.0)]
+    if unix and 4096 in ratio:
+        rows.append(("pair(L=4096) / pair(L=16)", ratio[4096] / ratio[first], "<=", 1.10))
     rows.append((f"occupancy at first failure ({r['small_arena'] // 1024} KiB)", r["occupancy"],
-                 0.90, ">="))
-    rows.append(("header bytes per live block", r["header_bytes_per_live_block"], 4))
-    if r["arch"] not in ("x64", "x86"):
-        rows.append(("import kmem, KiB of heap", r["import_bytes"] / 1024, 16))
-    out = []
-    for what, value, limit, *op in rows:
-        ok = value >= limit if op else value <= limit
-        out.append((what, value, ("%s %g" % (op[0] if op else "<=", limit)), ok))
-    return out
+                 ">=", 0.90))
+    rows.append(("header bytes per live block", r["header_bytes_per_live_block"], "<=", 4))
+    if not unix:
+        rows.append(("import kmem, KiB of heap", r["import_bytes"] / 1024, "<=", 16))
+    return [(what, value, f"{op} {limit:g}", value >= limit if op == ">=" else value <= limit)
+            for what, value, op, limit in rows]
 
 
 def report(r):
@@ -302,7 +283,7 @@ def report(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m kmemhost.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--target", default="unix", help=f"where to measure: {targets.SPECS}")
-    ap.add_argument("--deploy", default=None, help="as for the test suite (boards only)")
+    ap.add_argument("--deploy", help="as for the test suite (boards only)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--quick", action="store_true", help="shorter trace and churn")
     ap.add_argument("--reference", nargs="?", const=REFERENCE, metavar="REV",
@@ -316,11 +297,11 @@ def main(argv=None):
     try:
         kw = {"icount": QEMU_ICOUNT} if args.target == "qemu" else {}
         target = targets.make_target(args.target, deploy=args.deploy, **kw)
+        if args.reference and target.kind != "unix":  # said before the long run, not after
+            raise ValueError("--reference runs on unix targets only")
         info = target.probe()
         result = run(target, info, args.rounds, args.quick)
         if args.reference:
-            if target.kind != "unix":
-                raise ValueError("--reference runs on unix targets only")
             ref = targets.UnixTarget(target.profile, mpy_dir=str(
                 reference_mpy(args.reference, build.host_arch())))
             result["reference"] = run(ref, info, args.rounds, args.quick, hardened_too=False)

@@ -1,11 +1,9 @@
-"""Compile firmware .py files to .mpy with mpy-cross.
+"""Compile firmware .py files to .mpy with mpy-cross (always with -march, so that viper and
+native code become machine code). build_kmem(arch) leaves build/<arch>/kmem/*.mpy: put
+build/<arch> on MICROPYPATH, or copy it to a board's /lib, to import kmem as a board does.
 
-build_kmem(arch) leaves build/<arch>/kmem/*.mpy; put build/<arch> on MICROPYPATH
-(or copy it to a board's /lib) to import kmem the way a board does.
-`-march` is always given so @micropython.viper/native code becomes machine code.
-
-CLI:  python -m kmemhost.build [--arch ARCH]          build kmem, print the output dir
-      python -m kmemhost.build --check [--arch ARCH]  compile every .py under firmware/
+python -m kmemhost.build [--arch ARCH]          build kmem, print the output dir
+python -m kmemhost.build --check [--arch ARCH]  compile every .py under firmware/
 """
 import argparse
 import hashlib
@@ -57,12 +55,9 @@ def _run(args):
 
 
 def compile_tree(src, out, arch):
-    """Compile src/**/*.py to out/**/*.mpy for `arch`; return a list of error texts.
-
-    A file is recompiled only when its source, the arch or the mpy-cross version
-    changed (hashes kept in out/.manifest.json). Every other .mpy under out is
-    deleted, so a removed or broken module can never be imported from a stale build.
-    """
+    """Compile src/**/*.py to out/**/*.mpy for `arch`; return a list of error texts. Only
+    files whose source, arch or mpy-cross version changed are recompiled (out/.manifest.json);
+    every other .mpy under out is deleted, so no stale module can be imported."""
     tool = mpy_cross()
     version = _run([tool, "--version"]).stdout.strip()
     manifest = out / ".manifest.json"
@@ -130,14 +125,6 @@ def romfs_image(files):
     return rom.finalise()
 
 
-def check_firmware(arches=CHECK_ARCHES):
-    """Compile every .py under firmware/ for each arch; return a list of error texts."""
-    errors = []
-    for arch in arches:
-        errors += compile_tree(FIRMWARE, BUILD / "check" / arch, arch)
-    return errors
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m kmemhost.build", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", action="append", help="mpy-cross -march value (repeatable with --check)")
@@ -147,7 +134,8 @@ def main(argv=None):
     try:
         if args.check:
             arches = args.arch or CHECK_ARCHES
-            errors = check_firmware(arches)
+            errors = [e for arch in arches
+                      for e in compile_tree(FIRMWARE, BUILD / "check" / arch, arch)]
             for err in errors:
                 print(err, file=sys.stderr)
             count = len(list(FIRMWARE.rglob("*.py")))

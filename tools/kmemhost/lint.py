@@ -1,13 +1,6 @@
-"""make lint: the static checks, all at once (in parallel: about 20-30 s on two cores).
-
-- ruff over the whole tree (pyproject.toml [tool.ruff]);
-- pyright (basedpyright, from PyPI with its own Node.js) over the host code in basic mode
-  (pyproject.toml [tool.pyright]: tools/kmemhost, host_tests, conftest.py);
-- pyright over firmware/ once per board profile that names its micropython stubs
-  (boards/<profile>.json "stubs": pinned PyPI packages). Each board's stubs are installed
-  once into the venv (.venv/kmem-stubs/<profile>, kept until the pins change) and serve
-  as the stdlib (typeshedPath) and as the board's modules; no CPython package is on the
-  path. typings/ comes first: its micropython.pyi says how viper code is checked.
+"""make lint (README: Tests): ruff over the tree, pyright over the host code, and pyright over
+firmware/ once per board profile against the micropython stubs its "stubs" key pins
+(installed once into .venv/kmem-stubs/<profile>; typings/ first). All in parallel.
 
 python -m kmemhost.lint [--only ruff|host|PROFILE ...]
 """
@@ -15,9 +8,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,31 +21,12 @@ BIN = Path(sys.executable).parent
 BUILD = ROOT / "build" / "lint"
 STUBS = Path(sys.prefix) / "kmem-stubs"
 STUBS_PYTHON = "3.10"  # the stubs' stdlib is typeshed's, cut down; any recent version will do
-
-# Firmware: standard mode, less what does not fit MicroPython code.
-FIRMWARE_RULES = {
-    "typeCheckingMode": "standard",
-    # The board stubs are stubs only: there is no source to find for machine, uctypes...
-    "reportMissingModuleSource": "none",
-    # The inlined blocks set a temporary under one condition and use it under another that
-    # implies it (unlink_from: `if ul_prv == 0: ul_head = ...`, later `if ul_prv: ...
-    # else: a[ul_head]`); kheap does the same with `if hardened:`.
-    "reportPossiblyUnboundVariable": "none",  # basedpyright's name for it
-}
+PIP_TIMEOUT = 600     # seconds to install one board's stubs
+CHECK_TIMEOUT = 600   # seconds for all the checks
 
 
 class LintError(Exception):
     pass
-
-
-def stub_profiles():
-    """{profile: [pinned stub packages]} for every board profile that names its stubs."""
-    out = {}
-    for name in list_profiles():
-        stubs = load_profile(name).get("stubs")
-        if stubs:
-            out[name] = list(stubs)
-    return out
 
 
 def ensure_stubs(profile, specs):
@@ -63,23 +37,14 @@ def ensure_stubs(profile, specs):
     if marker.is_file() and marker.read_text() == want:
         return dest
     print(f"lint: installing the {profile} stubs: {' '.join(specs)}", flush=True)
-    STUBS.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{profile}-", dir=STUBS))
-    try:
-        # --no-deps: every package is pinned in the profile, micropython-stdlib-stubs too.
-        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                              "--disable-pip-version-check", "--target", str(tmp), *specs],
-                             capture_output=True, text=True)
-        if res.returncode:
-            raise LintError(f"pip could not install the {profile} stubs:\n"
-                            + res.stdout + res.stderr)
-        (tmp / ".kmem-specs").write_text(want)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    shutil.rmtree(dest, ignore_errors=True)  # the marker comes last: a broken install is redone
+    # --no-deps: every package is pinned in the profile, micropython-stdlib-stubs too.
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--disable-pip-version-check", "--target", str(dest), *specs],
+                         capture_output=True, text=True, timeout=PIP_TIMEOUT)
+    if res.returncode:
+        raise LintError(f"pip could not install the {profile} stubs:\n" + res.stdout + res.stderr)
+    marker.write_text(want)
     return dest
 
 
@@ -95,10 +60,13 @@ def firmware_config(profile, stubs):
         # typings/ first: its micropython.pyi shadows the board's (see its docstring);
         # firmware/ so that examples import kmem as on a board.
         "extraPaths": [str(ROOT / "typings"), str(ROOT / "firmware"), str(stubs)],
-        "venvPath": str(d),
-        "venv": "env",
-        "pythonVersion": STUBS_PYTHON,
-        **FIRMWARE_RULES,
+        "venvPath": str(d), "venv": "env", "pythonVersion": STUBS_PYTHON,
+        # Standard mode, less what does not fit MicroPython code: the board stubs have no
+        # source to find (machine, uctypes...), and the inlined blocks (and kheap, with `if
+        # hardened:`) set a temporary under one condition and use it under one implying it.
+        "typeCheckingMode": "standard",
+        "reportMissingModuleSource": "none",
+        "reportPossiblyUnboundVariable": "none",
     }
     path = d / "pyrightconfig.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -117,9 +85,10 @@ def checks(only):
     pyright = tool("basedpyright")
     out = [("ruff", [tool("ruff"), "check", "--no-cache", str(ROOT)]),
            ("host", [pyright, "-p", str(ROOT), "--pythonpath", sys.executable])]
-    for profile, specs in stub_profiles().items():
-        if not only or profile in only:
-            config = firmware_config(profile, ensure_stubs(profile, specs))
+    for profile in list_profiles():
+        specs = load_profile(profile).get("stubs")  # pinned PyPI packages
+        if specs and (not only or profile in only):
+            config = firmware_config(profile, ensure_stubs(profile, list(specs)))
             out.append((profile, [pyright, "-p", str(config)]))
     return [(n, argv) for n, argv in out if not only or n in only]
 
@@ -133,26 +102,36 @@ def main(argv=None):
     t0 = time.monotonic()
     try:
         todo = checks(args.only)
-    except LintError as e:
+    except (LintError, subprocess.TimeoutExpired) as e:
         print(f"lint: {e}", file=sys.stderr)
         return 2
     if not todo:
         print(f"lint: nothing to run for --only {' '.join(args.only)}", file=sys.stderr)
         return 2
     env = dict(os.environ, NO_COLOR="1")
+    # Each check in its own process group: pyright's node child goes with it on a timeout.
     procs = [(name, argv, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True))
+                                           stderr=subprocess.STDOUT, text=True,
+                                           start_new_session=True))
              for name, argv in todo]
-    failed = []
-    for name, argv, p in procs:
-        text, _ = p.communicate()
-        lines = text.strip().splitlines()
-        last = lines[-1] if lines else ""
-        if p.returncode:
-            failed.append(name)
-            print(f"--- {name}: FAILED ({' '.join(argv)})\n{text.rstrip()}")
-        else:
-            print(f"{name}: {last}")
+    deadline, failed = time.monotonic() + CHECK_TIMEOUT, []
+    try:
+        for name, argv, p in procs:
+            try:
+                text, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                text = p.communicate()[0] + f"\n(no result within {CHECK_TIMEOUT} s)"
+            last = text.strip().rsplit("\n", 1)[-1]
+            if p.returncode:
+                failed.append(name)
+                print(f"--- {name}: FAILED ({' '.join(argv)})\n{text.rstrip()}")
+            else:
+                print(f"{name}: {last}")
+    finally:  # Ctrl-C, or an error: no check outlives lint
+        for _, _, p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
     took = time.monotonic() - t0
     if failed:
         print(f"lint: FAILED: {', '.join(failed)} ({took:.1f} s)", file=sys.stderr)

@@ -1,27 +1,17 @@
-"""The emulated RP2040-class board: MicroPython's qemu port (BOARD=MICROBIT) under QEMU.
+"""The emulated RP2040-class board: MicroPython's qemu port under QEMU.
 
-QEMU's microbit machine with 256 KiB of RAM at 0x20000000 is a Cortex-M0: armv6m, the
-RP2040's instruction set and RAM base. The firmware is real bare-metal MicroPython (its
-own raw REPL, soft reset, 31-bit small ints, a 192 KiB heap); its UART is a pty that
-mpremote drives exactly like a USB board. boards/qemu_microbit.json holds the numbers.
+BOARD=MICROBIT is a Cortex-M0 (armv6m, the RP2040's instruction set and RAM base); its UART
+is a pty that mpremote drives like a USB board. Numbers in boards/qemu_microbit.json, more in
+README (The emulated board).
 
-python -m kmemhost.qemu build [--src DIR|TARBALL]   (make qemu-firmware [MICROPYTHON_SRC=...])
-    From a MicroPython source tree (a checkout, v1.28 or later, or a .tar.gz of one;
-    default $MICROPYTHON_SRC, else ../shared/micropython/*.tar.gz) build into build/qemu/:
-      firmware.elf       no kmem: it arrives by `mpremote mount` or a ROMFS image
-      firmware-kmem.elf  kmem frozen in from boards/manifest.py
-    The source is unpacked or copied into build/qemu/src; the user's tree is never touched.
-python -m kmemhost.qemu check
-    Print why the board cannot be built here (toolchain or source missing); exit 1 if so.
-python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]
-    Start the board; print its pty (mpremote connect PTY repl). --romfs loads kmem as a
-    ROMFS image (mounted at /rom by the firmware). Ctrl-C stops it.
+python -m kmemhost.qemu build [--src DIR|TARBALL]   build/qemu/firmware.elf and
+    firmware-kmem.elf (kmem frozen in), from a copy of a MicroPython tree in build/qemu/src
+python -m kmemhost.qemu check    why the board cannot be built here (exit 1), if it cannot
+python -m kmemhost.qemu run [--frozen] [--romfs] [--pty-file PATH]   start it, print its pty
 
-Frozen armv6m native code: MicroPython's tools/mpy-tool.py aligns it to 2 bytes, but
-py/asmthumb.c loads 32-bit constants on armv6m assuming a 4-byte-aligned code start, so a
-viper function at an address of 2 mod 4 reads wrong constants (kmem then hands out one
-address twice and faults). The build adds MP_NATIVE_ARCH_ARMV6M to mpy-tool's 4-byte list
-in its copy when the tree lacks it, and checks the linked symbol table afterwards.
+mpy-tool.py aligns frozen armv6m native code to 2 bytes, but armv6m viper code must start
+4-byte aligned to read its constants right: the build fixes its copy of mpy-tool.py where
+needed and checks the linked symbol table.
 """
 import argparse
 import os
@@ -96,8 +86,8 @@ def _copy_ignore(directory, names):
 
 def prepare_source(src, log=print):
     """Unpack or copy the MicroPython tree `src` into build/qemu/src; return its top dir.
-    Another source than last time starts from scratch (builds included: copied files keep
-    their mtimes, which make would not see as newer than the old objects)."""
+    Another source than last time starts afresh, builds included (copies keep their mtimes,
+    which make would not see as newer than the old objects)."""
     src = Path(src).expanduser().resolve()
     dest = OUT / "src"
     stamp = dest / ".source"
@@ -165,9 +155,8 @@ def fix_mpy_tool(top, log=print):
 
 
 def misaligned_native_functions(elf, frozen_c):
-    """[(symbol, address)] of kmem's frozen native functions not on a 4-byte boundary.
-    The names come from mpy-tool's output (native code carries a .text section attribute;
-    bytecode does not), the addresses from the linked symbol table."""
+    """[(symbol, address)] of kmem's frozen native functions not on a 4-byte boundary: names
+    from mpy-tool's output (only native code has a section attribute), addresses from nm."""
     native = set(re.findall(r"static const byte (fun_data_kmem\w*)\[\d+\] __attribute__\(\(section",
                             Path(frozen_c).read_text()))
     if not native:
@@ -260,9 +249,8 @@ def romfs_image(arch="armv6m"):
 
 
 def _die_with_parent():
-    """A preexec_fn: Linux kills QEMU when the thread that started it ends (the harness
-    starts it from pytest's main thread), even by SIGKILL, so no emulated board outlives
-    a killed test run. prctl is looked up here, before the fork; the child only calls it."""
+    """A preexec_fn so that Linux kills QEMU when the thread that started it ends (even by
+    SIGKILL): no emulated board outlives a killed test run. prctl is looked up before the fork."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

@@ -1,24 +1,20 @@
 """Targets run MicroPython snippets and report stdout, values and exceptions to the host.
 
-A Target subclass implements only `_run(script, timeout) -> (stdout, error_text)`;
-the base class adds the kmem prelude, exception parsing and eval's repr round-trip,
-so every kind of target behaves the same:
-
+A Target subclass implements only `_run(script, timeout) -> (stdout, error_text)`; the base
+class adds the kmem prelude, exception parsing and eval's repr round-trip. Specs:
   unix[:PROFILE]     the unix port in a subprocess per snippet, heap sized like the board
   vboard[:PROFILE]   the virtual board (tools/vboard) over a pty, through mpremote
-  qemu               the emulated Cortex-M0 board (kmemhost.qemu: bare-metal MicroPython
-                     under QEMU, armv6m like the RP2040), its UART on a pty, through mpremote
+  qemu               the emulated Cortex-M0 board (kmemhost.qemu), its UART on a pty
   port:DEVICE        a board on a serial port, through mpremote
   auto               the first USB MicroPython board (VID:PID from boards/*.json, or
                      manufacturer "MicroPython"), in `mpremote devs` order
   id:SERIAL          the board with that USB serial number
-
-Boards (vboard, qemu, port, auto, id) get kmem deployed by kmemhost.deploy before their first
-snippet and a soft reset before the first snippet of each test; every serial step has a
-deadline (TargetTimeout "no answer from port:/dev/ttyACM0 within 30s").
+Boards get kmem deployed (kmemhost.deploy) before their first snippet and a soft reset before
+the first snippet of each test; every serial step has a deadline (TargetTimeout).
 """
 import ast
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -31,6 +27,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from . import build
 from .profiles import list_profiles, load_profile
@@ -49,10 +46,8 @@ class TargetError(Exception):
 
 
 class TargetTimeout(TimeoutError):
-    """The target did not finish a snippet in time.
-
-    Deliberately not a TargetError: a hang must never satisfy pytest.raises(TargetError).
-    """
+    """The target did not finish in time. Not a TargetError: a hang must never satisfy
+    pytest.raises(TargetError)."""
 
     def __init__(self, target_name, timeout, stdout=""):
         self.stdout = stdout
@@ -60,20 +55,16 @@ class TargetTimeout(TimeoutError):
 
 
 def parse_traceback(text):
-    """Split MicroPython error output into (type, message, traceback).
-
-    Uses the last traceback in `text`; the exception line follows the indented
-    "  File ..." lines and its message may span several lines. Output without a
-    traceback is read as "Type: message" if it looks like that, else ("TargetError", text).
-    """
+    """MicroPython error output -> (type, message, traceback), from its last traceback; else
+    "Type: message" if it looks like that, else ("TargetError", text, text)."""
     tb = text.replace("\r\n", "\n").strip("\n")
     start = tb.rfind(TRACEBACK_HEADER)
     if start >= 0:
         tb = tb[start:]
         lines = tb.split("\n")[1:]
-        while lines and lines[0].startswith(" "):
+        while lines and lines[0].startswith(" "):  # the "  File ..." lines
             lines.pop(0)
-        exc = "\n".join(lines)
+        exc = "\n".join(lines)  # the message may span several lines
     elif re.match(r"[A-Za-z_][\w.]*(:|$)", tb):
         exc = tb
     else:
@@ -84,11 +75,18 @@ def parse_traceback(text):
     return type_.strip(), message, tb
 
 
+def _stdout_or_raise(result, script):
+    out, err = result
+    out = out.replace("\r\n", "\n")
+    if err:
+        raise TargetError(*parse_traceback(err), stdout=out, script=script)
+    return out
+
+
 class Target:
-    """Base class: exec/eval on top of `_run`. `prelude` is True (kmem from the
-    profile), False (bare MicroPython) or a custom source string.
-    Creating a target must stay cheap and side-effect free (conftest makes one just
-    to validate --target): connect or build on the first `_run`."""
+    """exec/eval on top of `_run`. `prelude`: True (kmem from the profile), False (bare
+    MicroPython) or source. Creating one stays cheap and side-effect free (conftest makes
+    one to validate --target): connect or build on the first `_run`."""
 
     kind = "target"
 
@@ -107,32 +105,23 @@ class Target:
         return f"<{type(self).__name__} {self.name}>"
 
     def _run(self, script, timeout):
-        """Run `script`; return (stdout, error_text) with error_text "" on success.
-        Raise TargetTimeout if it does not finish within `timeout` seconds."""
+        """(stdout, error_text), error_text "" on success; TargetTimeout past `timeout` s."""
         raise NotImplementedError
 
     def probe(self):
-        """What the board can do (a BoardInfo: .native, .heap, .arch, .mpy, ...), found by
-        running PROBE on it once per target name and process."""
+        """What the board can do (a BoardInfo), probed once per target name and process."""
         if self.name not in _PROBED:
-            out, err = self._run(PROBE, self.timeout)
-            if err:
-                raise TargetError(*parse_traceback(err), stdout=out, script=PROBE)
+            out = _stdout_or_raise(self._run(PROBE, self.timeout), PROBE)
             _PROBED[self.name] = _parse_probe(out, self.name)
         return _PROBED[self.name]
 
     def exec(self, code, timeout=None):
         """Run `code` after the prelude; return its stdout or raise TargetError."""
         script = self.prelude + textwrap.dedent(code)
-        out, err = self._run(script, timeout or self.timeout)
-        out = out.replace("\r\n", "\n")
-        if err:
-            raise TargetError(*parse_traceback(err), stdout=out, script=script)
-        return out
+        return _stdout_or_raise(self._run(script, timeout or self.timeout), script)
 
     def eval(self, expr, setup="", timeout=None):
-        """Run `setup`, evaluate `expr` on the target and return its value
-        (anything whose repr is a Python literal: numbers, str, bytes, tuples, lists, dicts, ...)."""
+        """Run `setup`, then return the value of `expr` (its repr must be a Python literal)."""
         marker = f"--kmem-eval-{uuid.uuid4().hex}--"
         # Parentheses on their own lines allow multi-line exprs and trailing comments.
         code = (textwrap.dedent(setup) + f"\n__kmem_value = (\n{textwrap.dedent(expr).strip()}\n)\n"
@@ -159,8 +148,8 @@ def find_micropython():
 
 
 class UnixTarget(Target):
-    """MicroPython unix port emulating a board: a fresh process per snippet with the
-    profile's heap size, importing kmem from .mpy files (as a board would)."""
+    """The unix port emulating a board: a fresh process per snippet with the profile's heap
+    size, importing kmem from .mpy files (as a board would)."""
 
     kind = "unix"
 
@@ -171,26 +160,24 @@ class UnixTarget(Target):
     @property
     def kmem_path(self):
         """The directory holding kmem/ as the target sees it (here: on MICROPYPATH)."""
-        return str(self.mpy_dir or build.build_kmem(build.host_arch()))
+        self.mpy_dir = str(self.mpy_dir or build.build_kmem(build.host_arch()))
+        return self.mpy_dir
 
     def _run(self, script, timeout):
         self.micropython = self.micropython or find_micropython()
-        self.mpy_dir = str(self.mpy_dir or build.build_kmem(build.host_arch()))
         with tempfile.TemporaryDirectory(prefix="kmem-snippet-") as tmp:
             Path(tmp, "snippet.py").write_text(script)
-            env = dict(os.environ, MICROPYPATH=self.mpy_dir)
             # Own session so a timeout kills the whole process group, wrappers included.
             proc = subprocess.Popen(
                 [self.micropython, "-X", f"heapsize={self.profile['heap_size']}", "snippet.py"],
-                cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                cwd=tmp, env=dict(os.environ, MICROPYPATH=self.kmem_path),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, start_new_session=True)
             try:
                 out, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # it finished just then
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:  # finished just as the timeout hit
-                    pass
                 out, _ = proc.communicate()
                 raise TargetTimeout(self.name, timeout, out) from None
         if proc.returncode == 0:
@@ -233,11 +220,9 @@ class BoardInfo:
 
     def __init__(self, mpy=0, native=False, heap=0, platform="", machine="", version=(),
                  path=()):
-        self.mpy_raw = mpy
-        self.mpy_version = mpy & 0xFF          # 6 for MicroPython 1.22+
-        self.mpy_sub = (mpy >> 8) & 3          # 3 for 1.29
-        index = mpy >> 10
-        self.arch_index = index
+        # sys.implementation._mpy: version (6 since 1.22), sub-version (3 for 1.29), arch.
+        self.mpy_version, self.mpy_sub, self.arch_index = mpy & 0xFF, (mpy >> 8) & 3, mpy >> 10
+        index = self.arch_index
         self.arch = MPY_ARCHES[index] if index < len(MPY_ARCHES) else f"arch#{index}"
         self.native, self.heap, self.platform, self.machine = native, heap, platform, machine
         self.version, self.path = tuple(version), list(path)
@@ -279,15 +264,12 @@ WRITE_TIMEOUT = 5   # seconds a write may block (a hung USB device stops drainin
 RECOVER_TIMEOUT = 5  # seconds for the soft reset after a timeout before reconnecting/restarting
 DEPLOY_MODES = ("flash", "ram", "mount", "romfs", "frozen")
 
-# A snippet runs in two raw-REPL execs. The first compiles it: the source exists only during
-# that exec, so while the snippet runs only its bytecode takes heap (as on the unix port,
-# which reads a file; a plain raw-REPL exec would keep the source in RAM all along). The
-# second runs it (tracebacks name "snippet.py") and ends its output with END_MARK, so that
-# a \x04 the snippet prints is output, not the raw REPL's end of output. sys.exit() and
-# machine.soft_reset() (the same function) first print EXIT_MARK with the status, then
-# reach the raw REPL, which soft-resets the board as firmware does: the host reports the
-# status as the unix port would (sys.exit(3): "SystemExit: exit status 3"), and the board
-# starts afresh, nothing of the snippet's state survives.
+# A snippet runs in two raw-REPL execs. The first compiles it, so that while it runs only its
+# bytecode takes heap, not its source (as on the unix port, which reads a file). The second
+# runs it (tracebacks name "snippet.py") and ends its output with END_MARK, so that a \x04 it
+# prints is output, not the raw REPL's end of output. sys.exit() and machine.soft_reset()
+# print EXIT_MARK with the status first; the raw REPL then soft-resets the board, as firmware
+# does, and the host reports the status as the unix port would ("SystemExit: exit status 3").
 _COMPILE = """\
 __kmem_c = {src!r}
 try:
@@ -309,16 +291,12 @@ finally:
 """
 
 
-def _exit_value(text):
-    """SystemExit's value from its repr: a literal, else the repr itself (sys.exit(obj))."""
+def _exit_error(value_repr):
+    """The unix port's error text for a snippet that ended with SystemExit(value)."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(value_repr)
     except (ValueError, SyntaxError):
-        return text
-
-
-def exit_status_error(value):
-    """The error text for a snippet that ended with SystemExit(value), as on the unix port."""
+        value = value_repr  # sys.exit(obj): its repr
     if value in (None, 0):
         return ""
     if isinstance(value, int):
@@ -352,10 +330,8 @@ class _Wire:
     _FORWARD = ("rts", "dtr", "baudrate")
 
     def __init__(self, port):
-        object.__setattr__(self, "_port", port)
-        object.__setattr__(self, "deadline", None)
-        object.__setattr__(self, "timeout", None)  # mpremote's mount sets it; reads use POLL
-        object.__setattr__(self, "received", 0)    # bytes read in the current step
+        # timeout: mpremote's mount sets it, reads use POLL; received: bytes read in this step.
+        self.__dict__.update(_port=port, deadline=None, timeout=None, received=0)
         port.timeout = POLL
         port.write_timeout = WRITE_TIMEOUT
 
@@ -368,50 +344,33 @@ class _Wire:
         else:
             object.__setattr__(self, name, value)
 
-    def _check(self):
+    def _call(self, method, *args):
+        import serial
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise _Expired()
-
-    def _closed(self, e):
-        # pyserial closed under a running read (another thread, the board gone) fails with
-        # whatever its fd of None gives (TypeError); report it as the lost port it is.
-        import serial
-        if self._port.is_open:
-            raise e
-        raise serial.SerialException(f"the port was closed ({type(e).__name__}: {e})") from None
+        try:
+            return method(*args)
+        except serial.SerialTimeoutException:  # a write the device did not drain in time
+            raise _Expired() from None
+        except (TypeError, AttributeError, ValueError) as e:
+            # pyserial closed under a running call (another thread, the board gone) fails
+            # with whatever its fd of None gives (is_open drops a moment later): a lost port.
+            if self._port.is_open and getattr(self._port, "fd", 0) is not None:
+                raise
+            raise serial.SerialException(f"the port was closed ({type(e).__name__}: {e})") from None
 
     def read(self, n=1):
         data = b""
-        while True:
-            self._check()
-            try:
-                data += self._port.read(n - len(data))
-            except (TypeError, AttributeError, ValueError) as e:
-                self._closed(e)
+        while len(data) < n:
+            data += self._call(self._port.read, n - len(data))
             self.received += len(data)
-            if len(data) >= n:
-                return data
+        return data
 
-    def inWaiting(self):
-        self._check()
-        try:
-            return self._port.in_waiting
-        except (TypeError, AttributeError, ValueError) as e:
-            self._closed(e)
-
-    @property
-    def in_waiting(self):
-        return self.inWaiting()
+    def inWaiting(self):  # mpremote's name for in_waiting
+        return self._call(lambda: self._port.in_waiting)
 
     def write(self, data):
-        self._check()
-        import serial
-        try:
-            return self._port.write(data)
-        except serial.SerialTimeoutException:
-            raise _Expired() from None
-        except (TypeError, AttributeError, ValueError) as e:
-            self._closed(e)
+        return self._call(self._port.write, data)
 
 
 def _profiles_by_usb_id():
@@ -444,14 +403,8 @@ def micropython_ports():
     """[(port info, profile name or None)] for ports that look like MicroPython boards: a USB
     VID:PID listed in boards/*.json usb_vid_pid, or manufacturer "MicroPython"."""
     ids = _profiles_by_usb_id()
-    found = []
-    for p in list_ports():
-        usb = _usb_id(p)
-        if usb is None:
-            continue
-        if usb in ids or (p.manufacturer or "") == "MicroPython":
-            found.append((p, ids.get(usb)))
-    return found
+    return [(p, ids.get(_usb_id(p))) for p in list_ports()
+            if _usb_id(p) and (_usb_id(p) in ids or p.manufacturer == "MicroPython")]
 
 
 def resolve_port(spec):
@@ -466,23 +419,20 @@ def resolve_port(spec):
                 f"ports: {_describe_ports(list_ports())}")
         return found[0][0].device, found[0][1]
     if spec.startswith("id:"):
-        serial_number = spec[3:]
-        for p in list_ports():
-            if p.serial_number == serial_number:
-                return p.device, _profiles_by_usb_id().get(_usb_id(p))
-        raise TargetUnavailable(f"no serial port with USB serial number {serial_number!r}; "
-                                f"ports: {_describe_ports(list_ports())}")
-    device = spec[5:] if spec.startswith("port:") else spec
-    if not device:
-        raise ValueError("port: needs a device, e.g. port:/dev/ttyACM0")
-    if os.name == "posix" and "://" not in device and not os.path.exists(device):
-        boards = ", ".join(p.device for p, _ in micropython_ports()) or "none"
-        raise TargetUnavailable(f"port {device} not found (MicroPython boards connected: {boards})")
-    real = os.path.realpath(device)
-    for p in list_ports():
-        if os.path.realpath(p.device) == real:
-            return device, _profiles_by_usb_id().get(_usb_id(p))
-    return device, None
+        ports = [p for p in list_ports() if p.serial_number == spec[3:]]
+        if not ports:
+            raise TargetUnavailable(f"no serial port with USB serial number {spec[3:]!r}; "
+                                    f"ports: {_describe_ports(list_ports())}")
+        device = ports[0].device
+    else:
+        device = spec.removeprefix("port:")
+        if not device:
+            raise ValueError("port: needs a device, e.g. port:/dev/ttyACM0")
+        if os.name == "posix" and "://" not in device and not os.path.exists(device):
+            boards = ", ".join(p.device for p, _ in micropython_ports()) or "none"
+            raise TargetUnavailable(f"port {device} not found (MicroPython boards connected: {boards})")
+        ports = [p for p in list_ports() if os.path.realpath(p.device) == os.path.realpath(device)]
+    return device, (_profiles_by_usb_id().get(_usb_id(ports[0])) if ports else None)
 
 
 def port_problem(device):
@@ -506,15 +456,18 @@ def port_problem(device):
     return None
 
 
+def _text(data):
+    return bytes(data).decode("utf-8", "replace")
+
+
 class SerialBoard:
     """One MicroPython board on a serial port, shared by every Target naming it in this
-    process: mpremote's SerialTransport in raw REPL, kmem deployed once, and a soft reset
-    before the first snippet of each test (see begin_test).
+    process: mpremote's SerialTransport in raw REPL, kmem deployed once, a soft reset before
+    the first snippet of each test (begin_test). Every serial step has a deadline; a board
+    that stops answering raises TargetTimeout and is interrupted (Ctrl-C). One that fails
+    again after reconnecting is given up on: later snippets raise TargetUnavailable at once."""
 
-    Every serial step (open, soft reset, each deploy exec, each snippet) has a deadline; a
-    board that stops answering raises TargetTimeout and is interrupted (Ctrl-C). When a soft
-    reset fails even after reconnecting, the board is given up on for the session: later
-    snippets raise TargetUnavailable at once instead of waiting again."""
+    restart_on_timeout = False  # a real board that ignores Ctrl-C needs a hard reset
 
     def __init__(self, device, name, profile, deploy="flash", arch=None, timeout=DEFAULT_TIMEOUT):
         self.device, self.name, self.profile = device, name, profile
@@ -530,7 +483,6 @@ class SerialBoard:
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}>"
 
-    # -- connection --------------------------------------------------------------
     def _device(self):
         return self.device
 
@@ -552,17 +504,13 @@ class SerialBoard:
     def close(self):
         t, self.transport, self.fresh = self.transport, None, False
         if t is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a board that may be gone
                 self._unmount(t)
                 if self.wire:
                     self.wire.deadline = time.monotonic() + 1
                 t.exit_raw_repl()
-            except Exception:  # noqa: BLE001 - closing a board that may be gone
-                pass
-            try:
+            with contextlib.suppress(Exception):
                 t.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     @staticmethod
     def _unmount(t):
@@ -570,10 +518,37 @@ class SerialBoard:
             t.serial = t.serial.orig_serial
             t.mounted = False
 
-    # -- steps ---------------------------------------------------------------------
+    @contextlib.contextmanager
     def step(self, timeout, partial=None):
-        """Context manager: the serial work inside must finish within `timeout` seconds."""
-        return _Step(self, timeout, partial)
+        """The serial work inside must finish within `timeout` seconds; its failures become
+        TargetTimeout (with `partial` output), TargetError or TargetUnavailable."""
+        import serial
+        from mpremote.transport import TransportError, TransportExecError
+        start = time.monotonic()
+        self.wire.deadline, self.wire.received = start + timeout, 0
+        try:
+            yield
+        except _Expired:
+            self.fresh, self.timed_out = False, True
+            self.wire.deadline = time.monotonic() + 1
+            with contextlib.suppress(Exception):  # stop what runs (a hung board ignores it)
+                self.wire.write(b"\r\x03\x03")
+            raise TargetTimeout(self.name, timeout,
+                                _text(partial or b"").replace("\r\n", "\n")) from None
+        except TransportExecError as e:  # mpremote's own snippets (mount) raised
+            raise TargetError(*parse_traceback(e.error_output)) from None
+        except (TransportError, struct.error) as e:
+            silent = not self.wire.received
+            self.close()
+            if silent:  # mpremote gave up on a silent line first (its own 10 s between bytes)
+                raise TargetTimeout(self.name, round(time.monotonic() - start)) from None
+            raise TargetUnavailable(f"{self.name}: not talking MicroPython's raw REPL protocol "
+                                    f"({type(e).__name__}: {e})") from e
+        except (serial.SerialException, OSError) as e:
+            self.close()
+            raise TargetUnavailable(f"{self.name}: lost the connection ({type(e).__name__}: {e})") from e
+        finally:
+            self.wire.deadline = None
 
     def soft_reset(self, timeout=None):
         timeout = timeout or self.timeout
@@ -586,12 +561,10 @@ class SerialBoard:
         self.fresh = True
 
     def run(self, script, timeout=None, end=b""):
-        """Run `script` in the raw REPL: (stdout, error text), "" when it raised nothing.
-        `end`: bytes the script prints last (END_MARK), so that stdout ends at end + \x04
-        rather than at the first \x04. A board that resets while running it (a crash; the
-        vboard restarts a crashed interpreter) gives error text "Crash: ..." at once; one
-        that resets because the script raised SystemExit after printing EXIT_MARK gives
-        its exit status."""
+        """Run `script` in the raw REPL: (stdout, error text or ""). `end`: bytes it prints
+        last (END_MARK), so stdout ends at end + \\x04, not at the first \\x04. A board that
+        resets meanwhile (a crash; the vboard restarts a crashed interpreter) gives "Crash:
+        ..." at once; a SystemExit after EXIT_MARK gives its exit status."""
         timeout = timeout or self.timeout
         t = self.open()
         out = bytearray()
@@ -601,9 +574,6 @@ class SerialBoard:
                 out.extend(t.serial.read(1))  # under `mount`, its intercepting reader
                 if watch and out.endswith(RAW_BANNER + b">") and SOFT_REBOOT in out:
                     raise _Rebooted()
-
-        def text(data):
-            return bytes(data).decode("utf-8", "replace")
 
         try:
             with self.step(timeout, out):
@@ -617,27 +587,20 @@ class SerialBoard:
                     read_until(SOFT_REBOOT, watch=False)
                     read_until(RAW_BANNER, watch=False)  # after boot.py's output; ">" is
                     # left for mpremote, which reads the prompt before its next exec
-                    return text(stdout), exit_status_error(_exit_value(text(exited.group(1))))
+                    return _text(stdout), _exit_error(_text(exited.group(1)))
         except _Rebooted:
             self.fresh = False
-            return (text(out[:out.rfind(SOFT_REBOOT)]),
+            return (_text(out[:out.rfind(SOFT_REBOOT)]),
                     f"Crash: {self.name} reset while running the snippet ({SOFT_REBOOT.decode().strip()})")
-        return text(out[:-len(end) - 1]), text(err[:-1])
+        return _text(out[:-len(end) - 1]), _text(err[:-1])
 
     def exec(self, code, timeout=None):
         """Run `code` as is (no prelude, no wrapper); return stdout or raise TargetError."""
-        out, err = self.run(code, timeout)
-        out = out.replace("\r\n", "\n")
-        if err:
-            raise TargetError(*parse_traceback(err), stdout=out, script=code)
-        return out
+        return _stdout_or_raise(self.run(code, timeout), code)
 
     def probe(self):
         self.info = _parse_probe(self.exec(PROBE), self.name)
         return self.info
-
-    # -- lifecycle -------------------------------------------------------------------
-    restart_on_timeout = False  # a real board that ignores Ctrl-C needs a hard reset
 
     def prepare(self):
         """Make the board ready for a snippet: connected, kmem deployed, soft-reset if used
@@ -647,11 +610,21 @@ class SerialBoard:
             raise TargetUnavailable(f"{self.failed} (given up on for this session)")
         if self.fresh:
             return
-        from .deploy import DeployError
+        from . import deploy
         for attempt in (1, 2):
             try:
-                return self._prepare()
-            except (DeployError, TargetError) as e:
+                if self.deployment is None or self.transport is None:
+                    self.deployment = None
+                    self.soft_reset()
+                    self.probe()
+                    self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch)
+                    self.log = self.deployment.messages()
+                # After a timeout the board may ignore Ctrl-C (the qemu port never sees it
+                # while code runs): do not wait the full timeout before reconnecting.
+                self.soft_reset(RECOVER_TIMEOUT if self.timed_out else None)
+                self.timed_out = False
+                return
+            except (deploy.DeployError, TargetError) as e:
                 self.failed = f"{self.name}: deploying kmem failed: {e}"
                 raise TargetUnavailable(self.failed) from e
             except (TargetTimeout, TargetUnavailable) as e:
@@ -659,62 +632,6 @@ class SerialBoard:
                 if attempt == 2 or (isinstance(e, TargetTimeout) and not self.restart_on_timeout):
                     self.failed = str(e)
                     raise
-
-    def _prepare(self):
-        from . import deploy
-        if self.deployment is None or self.transport is None:
-            self.deployment = None
-            self.soft_reset()
-            self.probe()
-            self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch)
-            self.log = self.deployment.messages()
-        # After a timeout the board may ignore Ctrl-C (the qemu port never sees it while code
-        # runs): do not wait the full timeout before reconnecting or restarting it.
-        self.soft_reset(RECOVER_TIMEOUT if self.timed_out else None)
-        self.timed_out = False
-
-
-class _Step:
-    def __init__(self, board, timeout, partial):
-        self.board, self.timeout, self.partial = board, timeout, partial
-
-    def __enter__(self):
-        self.start = time.monotonic()
-        self.board.wire.deadline = self.start + self.timeout
-        self.board.wire.received = 0
-
-    def __exit__(self, type_, e, tb):
-        import serial
-        from mpremote.transport import TransportError, TransportExecError
-        board = self.board
-        board.wire.deadline = None
-        if e is None:
-            return False
-        partial = bytes(self.partial or b"").decode("utf-8", "replace").replace("\r\n", "\n")
-        if isinstance(e, _Expired):
-            board.fresh, board.timed_out = False, True
-            try:  # stop whatever runs on the board (a hung board ignores it)
-                board.wire.deadline = time.monotonic() + 1
-                board.wire.write(b"\r\x03\x03")
-            except Exception:  # noqa: BLE001
-                pass
-            finally:
-                board.wire.deadline = None
-            raise TargetTimeout(board.name, self.timeout, partial) from None
-        if isinstance(e, TransportExecError):  # mpremote's own snippets (mount) raised
-            raise TargetError(*parse_traceback(e.error_output)) from None
-        if isinstance(e, (TransportError, struct.error)) and not board.wire.received:
-            # mpremote gave up on a silent line first (its own 10 s between bytes)
-            board.close()
-            raise TargetTimeout(board.name, round(time.monotonic() - self.start)) from None
-        if isinstance(e, (TransportError, struct.error)):
-            board.close()
-            raise TargetUnavailable(f"{board.name}: not talking MicroPython's raw REPL protocol "
-                                    f"({type(e).__name__}: {e})") from e
-        if isinstance(e, (serial.SerialException, OSError)):
-            board.close()
-            raise TargetUnavailable(f"{board.name}: lost the connection ({type(e).__name__}: {e})") from e
-        return False
 
 
 _BOARDS = {}  # key -> SerialBoard shared by the targets of this process
@@ -743,10 +660,9 @@ atexit.register(close_all)
 
 
 class SerialTarget(Target):
-    """A board over a serial port (mpremote raw REPL). kmem is deployed before the first
-    snippet (python -m kmemhost.deploy does the same), and the board is soft-reset before the
-    first snippet of every test. `deploy`: flash | ram | mount | romfs | frozen (see
-    kmemhost.deploy; default flash)."""
+    """A board over a serial port (mpremote raw REPL): kmem deployed before the first snippet
+    (as python -m kmemhost.deploy does), a soft reset before the first snippet of every test.
+    `deploy`: flash (default) | ram | mount | romfs | frozen (see kmemhost.deploy)."""
 
     kind = "port"
     default_deploy = "flash"
@@ -761,11 +677,14 @@ class SerialTarget(Target):
 
     @property
     def name(self):
-        return f"port:{self.device}"
+        return f"port:{self.device}" if self.device else super().name
 
     @property
     def _key(self):
-        return ("port", os.path.realpath(self.device) if os.name == "posix" else self.device)
+        """One board per device, whatever link names it; a local board: its target's name."""
+        if not self.device:
+            return self.name
+        return "port:" + (os.path.realpath(self.device) if os.name == "posix" else self.device)
 
     def _new_board(self):
         return SerialBoard(self.device, self.name, self.profile, self.deploy, self.arch,
@@ -791,16 +710,14 @@ class SerialTarget(Target):
 
     def probe(self):
         """The board's BoardInfo, probed on the freshly reset board before deploying."""
-        board = self.board
-        board.prepare()
-        return board.info
+        self.board.prepare()
+        return self.board.info
 
     @property
     def kmem_path(self):
         """Where kmem/ was deployed on the board: /lib, /ram or /remote."""
-        board = self.board
-        board.prepare()
-        return board.deployment.package_parent
+        self.board.prepare()
+        return self.board.deployment.package_parent
 
     def _run(self, script, timeout):
         board = self.board
@@ -813,8 +730,8 @@ class SerialTarget(Target):
 
 
 class LocalBoard(SerialBoard):
-    """A SerialBoard whose far end this process starts on first use (a virtual or emulated
-    board) and stops in close(). Subclasses implement _start() -> (handle with .stop(), pty)."""
+    """A SerialBoard whose far end (a virtual or emulated board) this process starts on first
+    use and stops in close(). Subclasses implement _start() -> (handle with .stop(), pty)."""
 
     restart_on_timeout = True  # a hung local board is restarted once
     what = "board"
@@ -839,14 +756,12 @@ class LocalBoard(SerialBoard):
         super().close()
         process, self.process = self.process, None
         if process is not None:
-            try:
+            with contextlib.suppress(Exception):
                 process.stop()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 class VirtualBoardSerial(LocalBoard):
-    """The tools/vboard virtual board, with its flash in a temporary directory kept for the
+    """The tools/vboard virtual board; its flash, in a temporary directory, is kept for the
     session (deleted by remove_flash)."""
 
     what = "virtual board"
@@ -869,10 +784,9 @@ class VirtualBoardSerial(LocalBoard):
 
 
 class QemuSerial(LocalBoard):
-    """The emulated Cortex-M0 board (kmemhost.qemu): one QEMU per process, started on first
-    use and killed by its PID in close(). With deploy romfs, QEMU loads kmem's ROMFS image
-    into the board's flash (the firmware mounts it at /rom); with frozen, the firmware that
-    has kmem frozen in runs instead."""
+    """The emulated Cortex-M0 board (kmemhost.qemu), one QEMU per process. With deploy romfs
+    QEMU loads kmem's ROMFS image into flash (mounted at /rom); frozen runs the firmware
+    that has kmem frozen in."""
 
     what = "emulated board (QEMU)"
 
@@ -890,23 +804,13 @@ class QemuSerial(LocalBoard):
 
 
 class VboardTarget(SerialTarget):
-    """The virtual board (tools/vboard): the unix port behind a pty, emulating the profile's
-    heap, reached through mpremote exactly like a real board (kmem deployed as .mpy for the
-    arch the board reports - the host's)."""
+    """The virtual board (tools/vboard): the unix port behind a pty with the profile's heap,
+    reached through mpremote like a real board (kmem as .mpy for the arch it reports)."""
 
     kind = "vboard"
 
     def __init__(self, profile="rpi_pico", **kwargs):
-        kwargs.pop("device", None)
         super().__init__(None, profile, **kwargs)
-
-    @property
-    def name(self):
-        return f"vboard:{self.profile['name']}"
-
-    @property
-    def _key(self):
-        return ("vboard", self.profile["name"])
 
     def _new_board(self):
         return VirtualBoardSerial(self.profile, deploy=self.deploy, arch=self.arch,
@@ -925,7 +829,6 @@ class QemuTarget(SerialTarget):
     default_deploy = "romfs"
 
     def __init__(self, profile="qemu_microbit", icount=None, **kwargs):
-        kwargs.pop("device", None)
         self.icount = icount  # QEMU -icount shift (make bench), None: real time
         super().__init__(None, profile, **kwargs)
         if self.deploy == "flash":
@@ -935,10 +838,6 @@ class QemuTarget(SerialTarget):
     @property
     def name(self):
         return "qemu"
-
-    @property
-    def _key(self):
-        return ("qemu",)
 
     def _new_board(self):
         return QemuSerial(self.profile, icount=self.icount, deploy=self.deploy, arch=self.arch,
@@ -965,45 +864,28 @@ class QemuTarget(SerialTarget):
 GENERIC_PROFILE = {"name": "generic", "description": "a MicroPython board without a profile",
                    "board_id": "unknown", "mpy_arch": None, "heap_size": None,
                    "arena_size": 32768, "usb_vid_pid": [], "flash": {"method": "none"}}
-
-
-def _unix(arg, deploy=None, arch=None, board=None, **kwargs):
-    return UnixTarget(arg or "unix", **kwargs)
-
-
-def _vboard(arg, board=None, **kwargs):
-    return VboardTarget(arg or "rpi_pico", **kwargs)
-
-
-def _qemu(arg, board=None, **kwargs):
-    if arg:
-        raise ValueError(f"target qemu takes no value (got qemu:{arg}); pick the firmware "
-                         "with --deploy: romfs, mount, ram or frozen")
-    return QemuTarget(**kwargs)
-
-
-def _port(spec, board=None, **kwargs):
-    device, found = resolve_port(spec)
-    profile = board or found
-    return SerialTarget(device, load_profile(profile) if profile else None, **kwargs)
-
-
-# Target kinds by spec prefix.
-KINDS = {"unix": _unix, "vboard": _vboard, "qemu": _qemu,
-         "port": lambda arg, **kw: _port("port:" + arg, **kw),
-         "auto": lambda arg, **kw: _port("auto", **kw),
-         "id": lambda arg, **kw: _port("id:" + arg, **kw)}
 SPECS = "unix[:PROFILE], vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL"
 
 
-def make_target(spec="unix", **kwargs):
-    """Create a Target from a spec: unix[:PROFILE] (default), vboard[:PROFILE], qemu,
-    port:DEVICE, auto (first USB MicroPython board) or id:SERIAL (by USB serial number).
-    kwargs: prelude, timeout, mpy_dir (unix), deploy and arch (boards), board (profile of a
-    port/auto/id board when its USB id names none)."""
+def make_target(spec="unix", deploy=None, arch=None, board=None, **kwargs) -> Any:
+    """A Target (of the class the spec names) from a spec in SPECS, default unix. kwargs:
+    prelude, timeout, mpy_dir (unix), deploy and arch (boards), board (the profile of a
+    port/auto/id board whose USB id names none), icount (qemu)."""
     kind, _, arg = spec.partition(":")
-    if kind not in KINDS or (kind == "auto" and arg):
-        raise ValueError(f"unknown target {spec!r}; expected one of: {SPECS}")
+    if kind == "unix":
+        return UnixTarget(arg or "unix", **kwargs)
+    if kind == "vboard":
+        return VboardTarget(arg or "rpi_pico", deploy=deploy, arch=arch, **kwargs)
+    if kind == "qemu":
+        if arg:
+            raise ValueError(f"target qemu takes no value (got qemu:{arg}); pick the firmware "
+                             "with --deploy: romfs, mount, ram or frozen")
+        return QemuTarget(deploy=deploy, arch=arch, **kwargs)
     if kind in ("port", "id") and not arg:
         raise ValueError(f"target {spec!r} needs a value: {kind}:{'DEVICE' if kind == 'port' else 'SERIAL'}")
-    return KINDS[kind](arg, **kwargs)
+    if kind not in ("port", "id", "auto") or (kind == "auto" and arg):
+        raise ValueError(f"unknown target {spec!r}; expected one of: {SPECS}")
+    device, found = resolve_port(spec)
+    profile = board or found
+    return SerialTarget(device, load_profile(profile) if profile else None, deploy=deploy,
+                        arch=arch, **kwargs)
