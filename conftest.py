@@ -54,6 +54,15 @@ def pytest_configure(config):
             target.connect()
     except (ValueError, ProfileError, TargetUnavailable) as e:
         raise pytest.UsageError(str(e))
+    from kmemhost import targets
+
+    def progress(message):  # a board's start and deploy, as they happen, past the capture
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(message, flush=True)
+    targets.progress = progress
 
 
 def pytest_unconfigure(config):

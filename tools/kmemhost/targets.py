@@ -615,9 +615,11 @@ class SerialBoard:
             try:
                 if self.deployment is None or self.transport is None:
                     self.deployment = None
+                    progress(f"{self.name}: starting, then deploying kmem ({self.deploy_mode})")
                     self.soft_reset()
                     self.probe()
-                    self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch)
+                    self.deployment = deploy.deploy(self, mode=self.deploy_mode, arch=self.arch,
+                                                    log=progress)
                     self.log = self.deployment.messages()
                 # After a timeout the board may ignore Ctrl-C (the qemu port never sees it
                 # while code runs): do not wait the full timeout before reconnecting.
@@ -635,6 +637,10 @@ class SerialBoard:
 
 
 _BOARDS = {}  # key -> SerialBoard shared by the targets of this process
+
+
+def progress(message):
+    """Told what a board is doing before its first snippet (the suite's conftest shows it)."""
 
 
 def _dispose(board):
