@@ -134,8 +134,8 @@ def png(pic, path, width=64):
 def svg(pic, path, width=64):
     """Write the map as an SVG: png()'s picture, each cell's tooltip its kind and address."""
     (w, h), squares, texts = _layout(pic, width, lambda line: 6.6 * len(line))  # 11px monospace
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-           f'font-family="monospace" font-size="11">\n<rect width="{w}" height="{h}" fill="white"/>']
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family='
+           f'"monospace" font-size="11">\n<rect width="{w}" height="{h}" fill="white"/>']
     for x, y, side, colour, tip in squares:
         out.append(f'<rect x="{x}" y="{y}" width="{side}" height="{side}" fill="rgb{colour}">'
                    + (f"<title>{tip}</title>" if tip else "") + "</rect>")
