@@ -14,7 +14,7 @@ TOOLS = ("deploy", "flash", "bench", "qemu", "vboard")
 
 
 def _targets():
-    from . import profiles, targets
+    from . import profiles, qemu, targets
     print("profiles (boards/*.json): " + ", ".join(profiles.list_profiles()))
     print("targets: unix[:PROFILE], vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL")
     ports = targets.micropython_ports()
@@ -22,8 +22,7 @@ def _targets():
         print(f"board: {port.device} ({port.description}; profile {profile or 'unknown'})")
     if not ports:
         print("board: none plugged in")
-    from .qemu import available
-    why = available()
+    why = qemu.available()
     print("qemu: " + (f"not available: {why}" if why else "can be built and run here"))
     return 0
 
@@ -57,8 +56,7 @@ def _map(args):
 def _draw(args, pic, path=None):
     from . import heapmap
     if not args.output:
-        for line in heapmap.text(pic, args.width, colour=sys.stdout.isatty()):
-            print(line)
+        print("\n".join(heapmap.text(pic, args.width, colour=sys.stdout.isatty())))
     elif args.output.endswith(".svg"):
         heapmap.svg(pic, path or args.output, args.width)
     else:

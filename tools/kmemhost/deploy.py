@@ -42,15 +42,9 @@ def mpy_header(data):
 
 def local_files(kind, arch=None):
     """(host dir to mount, {"kmem/name": bytes}) for kind "mpy" (built for arch) or "py"."""
-    if kind == "mpy":
-        top = build.build_kmem(arch)
-        pattern = "*.mpy"
-    else:
-        top = build.FIRMWARE
-        pattern = "*.py"
-    files = build.package_files(top, pattern, PACKAGE)
-    if not files:
-        raise DeployError(f"no {pattern} files under {top / PACKAGE}")
+    top = build.build_kmem(arch) if kind == "mpy" else build.FIRMWARE
+    if not (files := build.package_files(top, f"*.{kind}", PACKAGE)):
+        raise DeployError(f"no *.{kind} files under {top / PACKAGE}")
     return top, files
 
 
@@ -96,9 +90,8 @@ def mpy_loads(header, info):
     As MicroPython's loader checks: the version always; sub-version and arch only for
     files holding native code (bytecode-only files have both 0)."""
     version, sub, arch = header
-    if version != info.mpy_version:
-        return False
-    return arch == 0 or (sub == info.mpy_sub and arch == info.arch_index)
+    native_fits = arch == 0 or (sub == info.mpy_sub and arch == info.arch_index)
+    return version == info.mpy_version and native_fits
 
 
 class Deployment:

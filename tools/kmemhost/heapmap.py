@@ -48,9 +48,7 @@ class HeapPicture:
         piece = 8
         while piece * width * rows < self.size:
             piece *= 2
-        cells = []
-        counts = [0] * len(KINDS)
-        at = 0
+        cells, counts, at = [], [0] * len(KINDS), 0
         for s, e, what in self.spans:
             while s < e:
                 take = min(e, at + piece) - s
@@ -206,10 +204,9 @@ CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kern
 
 
 def watch_script(program, interval_ms):
-    """`program` with kmem's heap-changing calls wrapped: a call after which `interval_ms`
-    have passed since the last picture prints a new one (SNIPPET's value after WATCH_MARK),
-    as do the start and the end. Nothing is needed from the program; the wrappers cost
-    only while watching."""
+    """`program` with kmem's heap-changing calls wrapped (the program needs no change): a call
+    `interval_ms` after the last picture, the start and the end print one (SNIPPET's value
+    after WATCH_MARK)."""
     body = "\n".join("    " + line for line in SNIPPET.strip().splitlines())
     return f"""
 import time, kmem
