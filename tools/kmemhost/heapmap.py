@@ -5,11 +5,11 @@ check() makes) and drawn here: a cell per slice of the arena, coloured by the ki
 holds most of its bytes (as the board's own heap_map() does), a legend and the figures."""
 import ast
 import os
-import selectors
 import subprocess
 import tempfile
-import time
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import targets
 
@@ -251,27 +251,24 @@ def watch(target, program, on_picture, on_output, interval_ms=200, timeout=600):
 def _stream_unix(target, script, timeout, line):
     """Run `script` on the unix port, line(text) for each line it prints: the error, if any."""
     with tempfile.TemporaryDirectory(prefix="kmem-watch-") as tmp:
-        with open(os.path.join(tmp, "watch.py"), "w") as f:
-            f.write(script)
+        Path(tmp, "watch.py").write_text(script)
         proc = subprocess.Popen(
             [target.micropython or targets.find_micropython(), "-X",
              f"heapsize={target.profile['heap_size']}", "watch.py"],
             cwd=tmp, env=dict(os.environ, MICROPYPATH=target.kmem_path), text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline, seen = time.monotonic() + timeout, []
-        with proc, selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)  # pyright: ignore[reportArgumentType]
-            while True:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    proc.kill()
-                    raise targets.TargetTimeout(target.name, timeout, "".join(seen))
-                text = proc.stdout.readline()  # pyright: ignore[reportOptionalMemberAccess]
-                if not text:
-                    break
+        watchdog, seen = threading.Timer(timeout, proc.kill), []
+        watchdog.daemon = True  # should line() raise, nothing waits for it
+        with proc:
+            watchdog.start()
+            for text in proc.stdout:  # pyright: ignore[reportOptionalIterable]
                 if seen or targets.TRACEBACK_HEADER in text:
                     seen.append(text)  # the uncaught exception: reported, not shown
                 else:
                     line(text.rstrip("\n"))
+        if not watchdog.is_alive():  # it fired: the process was killed
+            raise targets.TargetTimeout(target.name, timeout, "".join(seen))
+        watchdog.cancel()
     if proc.returncode:
         return "".join(seen) or f"SystemExit: exit status {proc.returncode}"
     return ""
