@@ -169,8 +169,8 @@ def main(argv=None):
         if args.command == "test":
             return _pytest(args, extra)
         if args.command == "fuzz":
-            env = {"KMEM_FUZZ_LONG": "1", **({"KMEM_FUZZ_EXAMPLES": str(args.examples)}
-                                             if args.examples else {})}
+            env = {"KMEM_FUZZ_LONG": "1"}
+            env.update({"KMEM_FUZZ_EXAMPLES": str(args.examples)} if args.examples else {})
             return _pytest(args, ["host_tests/test_fuzz.py", "-s", "-q"], env)
         return _repl(args)
     except (TargetError, ValueError, OSError) as e:
