@@ -288,22 +288,18 @@ def _check_import(board, d):
     except TargetError as e:
         where = "the firmware" if d.mode == "frozen" else d.root
         raise DeployError(f"kmem should be in {where} but `import kmem` fails on the board: {e}") from e
-    path = out.strip().splitlines()[-1] if out.strip() else ""
-    d.imported_from = path
+    d.imported_from = path = (out.strip().splitlines() or [""])[-1]
     if d.mode == "frozen":
-        # Frozen modules report a relative __file__ (kmem/__init__.py); files have a "/".
-        if path.startswith("/"):
+        if path.startswith("/"):  # frozen modules report a relative __file__ (kmem/__init__.py)
             raise DeployError(f"--deploy frozen, but `import kmem` loads {path} from the "
                               "filesystem: this firmware has no kmem frozen in, or a kmem "
                               "on the filesystem shadows it")
-        return
-    if not path.startswith(d.root + "/"):
+    elif not path.startswith(d.root + "/"):
         raise DeployError(
             f"`import kmem` on the board loads {path}, not the deployed {d.root}: a kmem earlier "
             f"on sys.path shadows it (frozen into the firmware, or a kmem/ in the current "
             f"directory); remove it, e.g. `mpremote rm -r :kmem`")
-    ext = ".mpy" if d.kind == "mpy" else ".py"
-    if not path.endswith(ext):
+    elif not path.endswith(ext := ".mpy" if d.kind == "mpy" else ".py"):
         raise DeployError(f"`import kmem` on the board loads {path}, expected a {ext} file")
 
 
