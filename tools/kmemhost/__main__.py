@@ -1,25 +1,12 @@
 """kmemctl: one command line for kmem's board jobs (also `python -m kmemhost`).
 
-kmemctl targets                    the board profiles, the boards plugged in, whether qemu runs
-kmemctl map [T] [-o F] [-c CODE]   the target's heap: a PNG or SVG (by F's suffix), or the
-        [--run FILE] [--width N]   terminal, after CODE / FILE ran (on the unix port each call
-        [--mm EXPR]                is a fresh process); --mm: the address space EXPR names;
-        [--watch [--interval MS]]  --watch: redrawn while CODE / FILE runs
-kmemctl deploy [T] [--arch A] [--py]   put kmem on the target (make deploy)
-kmemctl test [T] [PYTEST ARGS]     the test suite on a target
-kmemctl fuzz [T] [--examples N]    the long differential fuzz (make fuzz)
-kmemctl bench [T] [--quick] ...    speed, worst case, occupancy, footprint (make bench)
-kmemctl repl [T]                   a REPL with kmem: the unix port, or mpremote on a board
-                                   (vboard and qemu: started, kmem deployed, stopped after)
-kmemctl flash|qemu|vboard ARGS     flash MicroPython (make flash); start the emulated or the
-                                   virtual board and keep it up (make qemu, make vboard)
-[T] is --target unix[:PROFILE] (default), vboard[:PROFILE], qemu, port:DEVICE, auto,
-id:SERIAL, with --deploy MODE and --board PROFILE as for the test suite. A failure that has
-a cause (no board, port busy, kmem not deployed, the toolchain missing) ends in one line."""
+README.md ("Command line: kmemctl") describes each command. A failure that has a cause (no
+board, port busy, kmem not deployed, the toolchain missing) ends in one line."""
 import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from . import ROOT
 
@@ -27,7 +14,7 @@ TOOLS = ("deploy", "flash", "bench", "qemu", "vboard")
 
 
 def _targets():
-    from . import profiles, targets
+    from . import profiles, qemu, targets
     print("profiles (boards/*.json): " + ", ".join(profiles.list_profiles()))
     print("targets: unix[:PROFILE], vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL")
     ports = targets.micropython_ports()
@@ -35,8 +22,7 @@ def _targets():
         print(f"board: {port.device} ({port.description}; profile {profile or 'unknown'})")
     if not ports:
         print("board: none plugged in")
-    from .qemu import available
-    why = available()
+    why = qemu.available()
     print("qemu: " + (f"not available: {why}" if why else "can be built and run here"))
     return 0
 
@@ -49,16 +35,17 @@ def _target(args, **kwargs):
 def _map(args):
     from . import heapmap, targets
     target = _target(args)
-    setup = (args.code or "") + "\n"
-    if args.run:
-        with open(args.run) as f:
-            setup += f.read() + "\n"
+    setup = (args.code or "") + "\n" + (Path(args.run).read_text() + "\n" if args.run else "")
     try:
         if args.watch:
             return _watch(args, target, setup)
+        if args.mm and not args.output:  # the board's own mm_map()
+            print(target.exec(setup + "mm_map(%s, %d)\n" % (args.mm, args.width)), end="")
+            return 0
         if args.mm:
-            return _mm_map(args, target, setup)
-        _draw(args, heapmap.fetch(target, setup))
+            heapmap.areas_png(heapmap.fetch_areas(target, args.mm, setup), args.output, args.width)
+        else:
+            _draw(args, heapmap.fetch(target, setup))
     finally:
         targets.close_all()
     if args.output:
@@ -69,8 +56,7 @@ def _map(args):
 def _draw(args, pic, path=None):
     from . import heapmap
     if not args.output:
-        for line in heapmap.text(pic, args.width, colour=sys.stdout.isatty()):
-            print(line)
+        print("\n".join(heapmap.text(pic, args.width, colour=sys.stdout.isatty())))
     elif args.output.endswith(".svg"):
         heapmap.svg(pic, path or args.output, args.width)
     else:
@@ -109,17 +95,6 @@ def _watch(args, target, program):
             print(line, flush=True)
 
     heapmap.watch(target, program, show, output, args.interval, args.timeout)
-    return 0
-
-
-def _mm_map(args, target, setup):
-    # An address space: the board's own mm_map() in the terminal, else a PNG of its bar.
-    from . import heapmap
-    if not args.output:
-        print(target.exec(setup + "mm_map(%s, %d)\n" % (args.mm, args.width)), end="")
-        return 0
-    heapmap.areas_png(heapmap.fetch_areas(target, args.mm, setup), args.output, args.width)
-    print(f"wrote {args.output}")
     return 0
 
 
@@ -166,27 +141,26 @@ def main(argv=None):
     f = sub.add_parser("fuzz", help="the long differential fuzz")
     r = sub.add_parser("repl", help="a REPL with kmem")
     for p in (m, t, f, r):
-        p.add_argument("--target", default="unix", help="unix (default), vboard, qemu, port:DEVICE, ...")
+        p.add_argument("--target", default="unix", help="unix[:PROFILE] (default), "
+                       "vboard[:PROFILE], qemu, port:DEVICE, auto, id:SERIAL")
         p.add_argument("--deploy", help="how kmem gets on a board: flash, ram, mount, romfs, frozen")
         p.add_argument("--board", help="the profile of a board its USB id does not name")
     m.add_argument("-o", "--output", help="FILE.png or FILE.svg (default: the terminal)")
     m.add_argument("--width", type=int, default=64, help="cells per row (default 64)")
     m.add_argument("-c", "--code", help="MicroPython code to run on the target first")
     m.add_argument("--run", metavar="FILE", help="a MicroPython file to run there first (after -c)")
-    m.add_argument("--mm", metavar="EXPR", help="draw the address space EXPR names instead "
-                   "(an mm_struct's address, or a name -c bound): mm_map() in the terminal, "
-                   "or a PNG")
+    m.add_argument("--mm", metavar="EXPR", help="an address space instead (EXPR: its address, or "
+                   "a name -c bound): mm_map() in the terminal, or a PNG")
     m.add_argument("--watch", action="store_true", help="redraw while -c / --run runs (kmem's "
                    "calls are wrapped: the program needs nothing)")
-    m.add_argument("--interval", type=int, default=200, metavar="MS",
-                   help="--watch: at most one picture per MS milliseconds (default 200; 0: "
-                        "after every call)")
+    m.add_argument("--interval", type=int, default=200, metavar="MS", help="--watch: at most "
+                   "one picture per MS milliseconds (default 200; 0: after every call)")
     m.add_argument("--timeout", type=float, default=600, help="--watch: seconds (default 600)")
     f.add_argument("--examples", type=int, help="sequences to run (default: the long run's)")
     args, extra = ap.parse_known_args(argv)
     if extra and args.command != "test":
         ap.error("unrecognized arguments: " + " ".join(extra))
-    from .targets import TargetError, TargetTimeout, TargetUnavailable
+    from .targets import TargetError  # TargetTimeout and TargetUnavailable are OSErrors
     try:
         if args.command == "targets":
             return _targets()
@@ -199,7 +173,7 @@ def main(argv=None):
             env.update({"KMEM_FUZZ_EXAMPLES": str(args.examples)} if args.examples else {})
             return _pytest(args, ["host_tests/test_fuzz.py", "-s", "-q"], env)
         return _repl(args)
-    except (TargetError, TargetTimeout, TargetUnavailable, ValueError, OSError) as e:
+    except (TargetError, ValueError, OSError) as e:
         print(f"kmemctl {args.command}: {e}", file=sys.stderr)
         return 1
 

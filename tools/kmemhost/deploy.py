@@ -1,48 +1,8 @@
-"""Put kmem on a MicroPython board (make deploy; the test harness does the same before a
-board run).
+"""Put kmem on a MicroPython board (make deploy, kmemctl deploy; the test harness too).
 
-kmemctl deploy [--target auto|port:DEVICE|id:SERIAL|unix|vboard|qemu] [--board PROFILE]
-               [--deploy flash|ram|mount|romfs|frozen] [--arch ARCH] [--py] [--timeout S]
-(python -m kmemhost.deploy, make deploy: the same; --port is --target's old name)
-
-Modes:
-  flash (default)  kmem/*.mpy in <lib>/kmem on the board's filesystem, <lib> being the first
-                   sys.path entry ending in /lib (as mip picks it; /lib on rp2 and esp32).
-                   Copied with mpremote's file calls, as `mpremote fs cp` copies: only
-                   files whose sha256 on the board differs from the host's; files in
-                   <lib>/kmem that are not part of kmem (a .py left from a .py deploy, a
-                   removed module) are deleted. Survives resets.
-  ram              the same files on a RAM filesystem mounted at /ram, put first on
-                   sys.path; flash is not touched. A read-only romfs image (vfs.VfsRom;
-                   about the files' size, .mpy bytecode runs in place) where the firmware
-                   has VfsRom, else a littlefs RAM disk (about 1.3x). It lives in the
-                   MicroPython heap and is gone at the next reset, so the test harness
-                   rebuilds it after every soft reset (a full copy per test).
-  mount            nothing is copied: the host directory with the build is mounted at
-                   /remote over the serial line (mpremote's `mount`) and put first on
-                   sys.path. Lasts while the host serves it; the harness remounts after every
-                   soft reset. From the command line this hands over to
-                   `mpremote connect PORT mount DIR` (a REPL with kmem importable).
-  romfs            nothing is copied: the board's ROM filesystem (/rom, vfs.VfsRom in
-                   flash; .mpy bytecode runs in place, no heap) already holds kmem. The
-                   emulated board (--target qemu) gets the image from QEMU at start; on a
-                   board put it there with `mpremote romfs deploy DIR` (DIR holding kmem/).
-                   The files in /rom/kmem are checked against this build (sha256).
-  frozen           nothing is copied: kmem is frozen into the firmware (boards/manifest.py;
-                   --target qemu --deploy frozen runs build/qemu/firmware-kmem.elf).
-                   Only checks that `import kmem` loads the frozen package.
-  ram and mount cost heap (the image, or mpremote's mount code): with a ~110 KiB ESP32
-  heap the test suite needs flash (kmem's 32 KiB arena no longer fits with mount).
-
-.mpy or .py: mpy-cross compiles for the native arch the board reports in
-sys.implementation._mpy (bits 10+; a profile whose mpy_arch differs is reported, not
-obeyed: the virtual board emulates a board's heap on the host's arch). When the board's
-.mpy version (low byte, and sub-version in bits 8-9) differs from what mpy-cross emits,
-when --arch names another arch than the board's, or with --py, the .py sources are deployed
-instead, and the tool says why.
-
-After copying, `import kmem` is run on the board to check that it loads from where it was
-put (a frozen kmem or a /kmem on the filesystem would shadow /lib/kmem).
+Through mpremote's transport calls; README.md ("Put kmem on it") describes the modes and the
+.mpy/.py choice. After copying, `import kmem` on the board checks that it loads from where it
+was put (a frozen kmem or a /kmem on the filesystem would shadow <lib>/kmem).
 """
 import argparse
 import base64
@@ -50,11 +10,12 @@ import errno
 import hashlib
 import os
 import sys
+from pathlib import PurePosixPath
 
 from . import build
 from .profiles import ProfileError
-from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, MPY_ARCHES, TargetError, TargetTimeout,
-                      TargetUnavailable)
+from .targets import (DEFAULT_TIMEOUT, DEPLOY_MODES, MPY_ARCHES, LocalBoard, TargetError,
+                      TargetTimeout, TargetUnavailable, UnixTarget, close_all, make_target)
 
 PACKAGE = "kmem"
 CHUNK = 768            # bytes per write call (mpremote's fs_writefile: a bytes literal of
@@ -81,15 +42,9 @@ def mpy_header(data):
 
 def local_files(kind, arch=None):
     """(host dir to mount, {"kmem/name": bytes}) for kind "mpy" (built for arch) or "py"."""
-    if kind == "mpy":
-        top = build.build_kmem(arch)
-        pattern = "*.mpy"
-    else:
-        top = build.FIRMWARE
-        pattern = "*.py"
-    files = build.package_files(top, pattern, PACKAGE)
-    if not files:
-        raise DeployError(f"no {pattern} files under {top / PACKAGE}")
+    top = build.build_kmem(arch) if kind == "mpy" else build.FIRMWARE
+    if not (files := build.package_files(top, f"*.{kind}", PACKAGE)):
+        raise DeployError(f"no *.{kind} files under {top / PACKAGE}")
     return top, files
 
 
@@ -123,8 +78,8 @@ def choose(info, profile, arch=None, py=False):
     except build.BuildError as e:
         return py_sources(f"mpy-cross failed for {info.arch}: {e}")
     for name, data in files.items():
-        if not mpy_loads(mpy_header(data), info):
-            version, sub, _ = mpy_header(data)
+        header = version, sub, _ = mpy_header(data)
+        if not mpy_loads(header, info):
             return py_sources(f"the board loads .mpy v{info.mpy} but mpy-cross emits "
                               f"v{version}.{sub} ({name})")
     return "mpy", info.arch, files, top, notes
@@ -135,9 +90,8 @@ def mpy_loads(header, info):
     As MicroPython's loader checks: the version always; sub-version and arch only for
     files holding native code (bytecode-only files have both 0)."""
     version, sub, arch = header
-    if version != info.mpy_version:
-        return False
-    return arch == 0 or (sub == info.mpy_sub and arch == info.arch_index)
+    native_fits = arch == 0 or (sub == info.mpy_sub and arch == info.arch_index)
+    return version == info.mpy_version and native_fits
 
 
 class Deployment:
@@ -157,15 +111,18 @@ class Deployment:
     def root(self):
         return f"{self.package_parent}/{PACKAGE}"
 
+    @property
+    def local(self):
+        """The files as named in root: {"tlsf.mpy": bytes}."""
+        return {name[len(PACKAGE) + 1:]: data for name, data in self.files.items()}
+
     def after_reset(self, board):
         """A soft reset unmounts /remote and empties RAM: set them up again."""
         if self.mode == "mount":
-            _mount(board, self.host_dir)
-        elif self.mode == "ram":
-            _ram(board, self.files, Deployment(*self._args()))
-
-    def _args(self):
-        return (self.mode, self.kind, self.arch, self.files, self.host_dir, self.package_parent, ())
+            _mount(board, self)
+        elif self.mode == "ram":  # into a fresh record: this one keeps what the deploy did
+            _ram(board, Deployment(self.mode, self.kind, self.arch, self.files, self.host_dir,
+                                   self.package_parent, ()))
 
     def summary(self):
         what = f".mpy ({self.arch})" if self.kind == "mpy" else ".py sources"
@@ -196,12 +153,13 @@ def lib_dir(info):
 
 # --- on-board snippets --------------------------------------------------------------------
 
+_VFS = "try:\n import vfs\nexcept ImportError:\n import os as vfs\n"  # older firmware: os
+_HAS_ROMFS = _VFS + "print(hasattr(vfs, 'VfsRom'))\n"
+_ON_PATH = "import sys\nif {mount!r} not in sys.path:\n sys.path.insert(0, {mount!r})\n"
+# At RAM_MOUNT: what is mounted there unmounted, `make` run, `fs` mounted and put first on sys.path.
+_REMOUNT = _VFS + "try:\n vfs.umount({mount!r})\nexcept OSError:\n pass\n{make}" \
+    "vfs.mount({fs}, {mount!r})\n" + _ON_PATH
 _RAM_DISK = """\
-import sys
-try:
- import vfs
-except ImportError:
- import os as vfs
 class __KmemRAMDisk:
  def __init__(self, blocks):
   self.n = blocks
@@ -213,42 +171,12 @@ class __KmemRAMDisk:
   a = block * {bs} + offset
   self.m[a:a + len(buf)] = buf
  def ioctl(self, op, arg):
-  if op == 4:
-   return self.n
-  if op == 5:
-   return {bs}
-  if op == 6:
-   return 0
-try:
- vfs.umount({mount!r})
-except OSError:
- pass
+  if op == 4: return self.n
+  if op == 5: return {bs}
+  if op == 6: return 0
 __kmem_disk = __KmemRAMDisk({blocks})
 vfs.VfsLfs2.mkfs(__kmem_disk)
-vfs.mount(vfs.VfsLfs2(__kmem_disk), {mount!r})
-if {mount!r} not in sys.path:
- sys.path.insert(0, {mount!r})
 """
-
-_HAS_ROMFS = """\
-try:
- import vfs
-except ImportError:
- import os as vfs
-print(hasattr(vfs, 'VfsRom'))
-"""
-
-_ROM_MOUNT = """\
-import sys, vfs
-try:
- vfs.umount({mount!r})
-except OSError:
- pass
-vfs.mount(vfs.VfsRom(__kmem_img), {mount!r})
-if {mount!r} not in sys.path:
- sys.path.insert(0, {mount!r})
-"""
-
 _IMPORT_CHECK = """\
 import sys
 for __kmem_m in [m for m in sys.modules if m == 'kmem' or m.startswith('kmem.')]:
@@ -291,69 +219,61 @@ def _same(board, path, data):
     return _fs(board, "hashfile", path, "sha256") == hashlib.sha256(data).digest()
 
 
-def _sync(board, files, parent, d):
-    """Make parent/kmem hold exactly `files` ({"kmem/name": bytes}): like `mpremote fs cp`,
-    a file is written only when its sha256 differs; files there not in `files` are removed."""
-    root = f"{parent}/{PACKAGE}"
-    remote = _listing(board, root)
-    made = set()
-    for i, (name, data) in enumerate(sorted(files.items()), 1):
-        n = name[len(PACKAGE) + 1:]
-        if n in remote and _same(board, f"{root}/{n}", data):
+def _sync(board, d):
+    """Make d.root hold exactly d.files, as `mpremote fs cp` copies: a file only when its
+    sha256 differs; files there not in d.files are removed."""
+    remote, local, made = _listing(board, d.root), d.local, set()
+    for i, (n, data) in enumerate(sorted(local.items()), 1):
+        path = f"{d.root}/{n}"
+        if n in remote and _same(board, path, data):
             d.unchanged.append(n)
             continue
-        d.progress(f"  [{i}/{len(files)}] {root}/{n} ({len(data)} bytes)")
-        parts = f"{root}/{n}".strip("/").split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            if (path := "/" + "/".join(parts[:i])) not in made:
-                _fs(board, "mkdir", path, ok=(errno.EEXIST,))
-                made.add(path)
-        _fs(board, "writefile", f"{root}/{n}", data, CHUNK)
+        d.progress(f"  [{i}/{len(local)}] {path} ({len(data)} bytes)")
+        for parent in map(str, reversed(PurePosixPath(path).parents[:-1])):  # not "/"
+            if parent not in made:
+                _fs(board, "mkdir", parent, ok=(errno.EEXIST,))
+                made.add(parent)
+        _fs(board, "writefile", path, data, CHUNK)
         d.copied.append(n)
-    d.removed = sorted(set(remote) - {name[len(PACKAGE) + 1:] for name in files})
+    d.removed = sorted(set(remote) - set(local))
     for n in d.removed:
-        _fs(board, "rmfile", f"{root}/{n}")
+        _fs(board, "rmfile", f"{d.root}/{n}")
 
 
-def _ram(board, files, d):
+def _ram(board, d):
     """kmem on a RAM filesystem at /ram: a read-only romfs image (vfs.VfsRom, ~ the files'
     size; .mpy bytecode runs in place) where the firmware has it, else a littlefs RAM disk
     (~1.3x the files' size). RAM_FS forces one ("romfs" / "littlefs")."""
-    fs = RAM_FS
-    if fs == "auto":
-        fs = "romfs" if board.exec(_HAS_ROMFS).strip().endswith("True") else "littlefs"
-    d.ram_fs = fs
-    if fs == "romfs":
-        image = build.romfs_image(files)
-        board.exec(f"import binascii\n__kmem_img = bytearray({len(image)})")
-        chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
-                  for i in range(0, len(image), CHUNK)]
-        for k in range(0, len(chunks), CHUNKS_PER_EXEC):
-            d.progress(f"  [{k * CHUNK}/{len(image)} bytes] {RAM_MOUNT} image")
-            board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = binascii.a2b_base64({c!r})"
-                                  for i, c in chunks[k:k + CHUNKS_PER_EXEC]))
-        board.exec(_ROM_MOUNT.format(mount=RAM_MOUNT))
-        d.copied = sorted(name[len(PACKAGE) + 1:] for name in files)
-    else:
-        blocks = sum(-(-len(data) // RAM_BLOCK) + 1 for data in files.values())
-        blocks = int((blocks + 8) * 1.3) + 4
-        board.exec(_RAM_DISK.format(bs=RAM_BLOCK, blocks=blocks, mount=RAM_MOUNT))
-        _sync(board, files, RAM_MOUNT, d)
+    d.ram_fs = RAM_FS if RAM_FS != "auto" else \
+        "romfs" if board.exec(_HAS_ROMFS).strip().endswith("True") else "littlefs"
+    if d.ram_fs == "littlefs":
+        blocks = sum(-(-len(data) // RAM_BLOCK) + 1 for data in d.files.values())
+        disk = _RAM_DISK.format(bs=RAM_BLOCK, blocks=int((blocks + 8) * 1.3) + 4)
+        board.exec(_REMOUNT.format(mount=RAM_MOUNT, make=disk, fs="vfs.VfsLfs2(__kmem_disk)"))
+        return _sync(board, d)
+    image = build.romfs_image(d.files)
+    board.exec(f"import binascii\n__kmem_img = bytearray({len(image)})")
+    chunks = [(i, base64.b64encode(image[i:i + CHUNK]).decode())
+              for i in range(0, len(image), CHUNK)]
+    for k in range(0, len(chunks), CHUNKS_PER_EXEC):
+        d.progress(f"  [{k * CHUNK}/{len(image)} bytes] {RAM_MOUNT} image")
+        board.exec("\n".join(f"__kmem_img[{i}:{i + CHUNK}] = binascii.a2b_base64({c!r})"
+                              for i, c in chunks[k:k + CHUNKS_PER_EXEC]))
+    board.exec(_REMOUNT.format(mount=RAM_MOUNT, make="", fs="vfs.VfsRom(__kmem_img)"))
+    d.copied = sorted(d.local)
 
 
-def _mount(board, host_dir):
-    t = board.transport
+def _mount(board, d):
     with board.step(board.timeout):
-        t.mount_local(str(host_dir))
-    board.exec(f"import sys\nif {MOUNT_POINT!r} not in sys.path:\n sys.path.insert(0, {MOUNT_POINT!r})")
+        board.transport.mount_local(str(d.host_dir))
+    board.exec(_ON_PATH.format(mount=MOUNT_POINT))
 
 
 def _check_romfs(board, d):
-    remote = _listing(board, d.root)
+    remote, local = _listing(board, d.root), d.local
     if not remote:
         raise DeployError(f"the board has no {d.root}: no ROMFS image with kmem is mounted "
                           f"(on a board: mpremote romfs deploy DIR, DIR holding kmem/)")
-    local = {name[len(PACKAGE) + 1:]: data for name, data in d.files.items()}
     wrong = sorted(set(local).symmetric_difference(remote)
                    | {n for n in local if n in remote and not _same(board, f"{d.root}/{n}", local[n])})
     if wrong:
@@ -368,91 +288,75 @@ def _check_import(board, d):
     except TargetError as e:
         where = "the firmware" if d.mode == "frozen" else d.root
         raise DeployError(f"kmem should be in {where} but `import kmem` fails on the board: {e}") from e
-    path = out.strip().splitlines()[-1] if out.strip() else ""
-    d.imported_from = path
+    d.imported_from = path = (out.strip().splitlines() or [""])[-1]
     if d.mode == "frozen":
-        # Frozen modules report a relative __file__ (kmem/__init__.py); files have a "/".
-        if path.startswith("/"):
+        if path.startswith("/"):  # frozen modules report a relative __file__ (kmem/__init__.py)
             raise DeployError(f"--deploy frozen, but `import kmem` loads {path} from the "
                               "filesystem: this firmware has no kmem frozen in, or a kmem "
                               "on the filesystem shadows it")
-        return
-    if not path.startswith(d.root + "/"):
+    elif not path.startswith(d.root + "/"):
         raise DeployError(
             f"`import kmem` on the board loads {path}, not the deployed {d.root}: a kmem earlier "
             f"on sys.path shadows it (frozen into the firmware, or a kmem/ in the current "
             f"directory); remove it, e.g. `mpremote rm -r :kmem`")
-    ext = ".mpy" if d.kind == "mpy" else ".py"
-    if not path.endswith(ext):
+    elif not path.endswith(ext := ".mpy" if d.kind == "mpy" else ".py"):
         raise DeployError(f"`import kmem` on the board loads {path}, expected a {ext} file")
 
 
 def deploy(board, mode="flash", arch=None, py=False, info=None, log=None):
-    """Put kmem on `board` (a SerialBoard in raw REPL); return a Deployment.
-
-    `info` (a targets.BoardInfo) defaults to the board's probe; pass a modified one to
-    simulate another board. Leaves kmem imported: soft-reset the board before use."""
+    """Put kmem on `board` (a SerialBoard in raw REPL); return a Deployment. `info` (a
+    targets.BoardInfo) stands in for the board's probe, to simulate another board; log(line)
+    is told each file and the summary. Leaves kmem imported: soft-reset the board before use."""
     if mode not in DEPLOY_MODES:
         raise DeployError(f"unknown deploy mode {mode!r}; expected one of {', '.join(DEPLOY_MODES)}")
     info = info or board.info or board.probe()
     if mode == "frozen":
         d = Deployment(mode, "frozen", info.arch, {}, None, FROZEN, [])
-        _check_import(board, d)
-        return _logged(d, log)
-    kind, arch, files, host_dir, notes = choose(info, board.profile, arch, py)
-    parent = lib_dir(info) if mode == "flash" else \
-        {"romfs": ROMFS_MOUNT, "ram": RAM_MOUNT}.get(mode, MOUNT_POINT)
-    d = Deployment(mode, kind, arch, files, host_dir, parent, notes)
-    d.progress = log or d.progress
-    if mode == "romfs":
-        _check_romfs(board, d)
-    elif mode == "flash":
-        _sync(board, files, d.package_parent, d)
-    elif mode == "ram":
-        _ram(board, files, d)
     else:
-        _mount(board, host_dir)
+        kind, arch, files, host_dir, notes = choose(info, board.profile, arch, py)
+        parent = lib_dir(info) if mode == "flash" else \
+            {"romfs": ROMFS_MOUNT, "ram": RAM_MOUNT}.get(mode, MOUNT_POINT)
+        d = Deployment(mode, kind, arch, files, host_dir, parent, notes)
+        d.progress = log or d.progress
+        {"flash": _sync, "ram": _ram, "mount": _mount, "romfs": _check_romfs}[mode](board, d)
     _check_import(board, d)
-    return _logged(d, log)
-
-
-def _logged(d, log):
-    for message in d.messages():
-        (log or (lambda m: None))(message)
+    if log:
+        for message in d.messages():
+            log(message)
     return d
 
 
 # --- command line -----------------------------------------------------------------------------
 
-def _target_spec(spec):
-    """--target/--port value -> a make_target spec (a bare DEVICE is port:DEVICE)."""
-    kind = spec.partition(":")[0]
-    return spec if kind in ("unix", "vboard", "qemu", "port", "auto", "id") else "port:" + spec
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="kmemctl deploy", description=__doc__.split("\n")[0],
-                                 epilog="Modes and the .mpy/.py choice: see the module docstring "
-                                        "(tools/kmemhost/deploy.py).")
+                                 epilog="The modes and the .mpy/.py choice: README.md, "
+                                        "'Put kmem on it'.")
     ap.add_argument("--target", "--port", dest="target", default="auto",
                     help="auto (first USB MicroPython board; default), port:DEVICE or DEVICE, "
                          "id:SERIAL; also unix, vboard[:PROFILE] and qemu (which stop "
                          "again when this ends: a check)")
     ap.add_argument("--board", help="board profile (boards/NAME.json); default: from the USB VID:PID")
-    ap.add_argument("--deploy", choices=DEPLOY_MODES, help="default: flash (qemu: romfs)")
+    ap.add_argument("--deploy", choices=DEPLOY_MODES,
+                    help="flash (default; qemu: romfs): changed files into <lib>/kmem; ram: a "
+                         "RAM filesystem at /ram, until the next reset; mount: served from this "
+                         "checkout (mpremote mount, a REPL); romfs, frozen: check what the "
+                         "board's /rom or firmware holds")
     ap.add_argument("--arch", help="mpy-cross -march to compile for (default: the board's; "
                                    "another than the board's deploys .py)")
     ap.add_argument("--py", action="store_true", help="deploy the .py sources")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                     help=f"seconds per serial step (default {DEFAULT_TIMEOUT})")
     args = ap.parse_args(argv)
-    from .targets import LocalBoard, UnixTarget, close_all, make_target
+    kind = args.target.partition(":")[0]
+    spec = args.target if kind in ("unix", "vboard", "qemu", "port", "auto", "id") \
+        else "port:" + args.target  # a bare DEVICE
     try:
         if args.deploy == "mount" and not sys.stdin.isatty():
             raise DeployError("--deploy mount serves kmem from this checkout only while "
                               "mpremote's REPL runs, which needs a terminal, and there is none "
                               "here; use --deploy flash or ram (make deploy DEPLOY=ram)")
-        target = make_target(_target_spec(args.target), deploy=args.deploy, arch=args.arch,
+        target = make_target(spec, deploy=args.deploy, arch=args.arch,
                              board=args.board, timeout=args.timeout)
         if isinstance(target, UnixTarget):
             print(f"{target.name}: kmem compiled for {build.host_arch()} in {target.kmem_path} "
@@ -468,17 +372,16 @@ def main(argv=None):
             print(f"{board.name}: starting it ...", flush=True)
         board.soft_reset()
         info = board.probe()
-        profile = board.profile
-        print(f"{board.name}: profile {profile['name']}; MicroPython "
+        print(f"{board.name}: profile {board.profile['name']}; MicroPython "
               f"{'.'.join(map(str, info.version[:3]))} on {info.platform}, .mpy v{info.mpy}, "
               f"arch {info.arch or 'none'}, heap {info.heap} bytes", flush=True)
         if mode == "mount":
-            device = board.device
-            kind, arch, files, host_dir, notes = choose(info, profile, args.arch, args.py)
+            *_, host_dir, notes = choose(info, board.profile, args.arch, args.py)
             for n in notes:
                 print(f"note: {n}")
+            cmd = [sys.executable, "-m", "mpremote", "connect", board.device, "mount",
+                   str(host_dir)]
             board.close()
-            cmd = [sys.executable, "-m", "mpremote", "connect", device, "mount", str(host_dir)]
             print(f"kmem -> {MOUNT_POINT}/{PACKAGE} from {host_dir}, served while this runs "
                   f"(Ctrl-X leaves):\n  {' '.join(cmd)}", flush=True)
             os.execv(sys.executable, cmd)

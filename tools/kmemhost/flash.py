@@ -1,19 +1,9 @@
-"""Flash MicroPython itself onto a board (make flash), by mpflash.
+"""Flash MicroPython itself onto a board (make flash), by mpflash (README.md: "Flash MicroPython").
 
-python -m kmemhost.flash --board NAME [--port DEV] [--mount DIR] [--firmware FILE] [--dry-run]
-
-mpflash (pinned in requirements-flash.txt, installed into this venv on first use) downloads
-the latest stable firmware for the profile's board_id, enters the bootloader, finds the UF2
-drive or drives esptool:
-  mpflash flash --board RPI_PICO --serial /dev/ttyACM0 --version stable
-  mpflash flash --board ESP32_GENERIC --serial /dev/ttyUSB0 --version stable --erase
---mount DIR (a UF2 board already in BOOTSEL mode, drive mounted at DIR) gives --volume DIR
-instead of --serial. --dry-run prints the command and runs nothing (no mpflash, no board).
-
-The one job left here is --firmware FILE (e.g. firmware with kmem frozen in): mpflash flashes
-only images in its own download folder (`mpflash add` guesses board and version from a
-MicroPython build tree's path), so a local image is written by esptool (which comes with
-mpflash) or copied onto the UF2 drive given by --mount.
+mpflash (pinned in requirements-flash.txt, installed into this venv on first use) downloads,
+enters the bootloader and flashes. The one job left here is --firmware FILE: mpflash flashes
+only images in its own download folder, so a local image is written by esptool (which comes
+with mpflash) or copied onto the UF2 drive given by --mount.
 """
 import argparse
 import importlib.util
@@ -79,9 +69,8 @@ def local_command(profile, args):
         return [sys.executable, "-m", "esptool", "--chip", fl["chip"], "--port", args.port,
                 "--baud", str(fl["baud"]), "write-flash", "--erase-all", fl["offset"], str(path)]
     if not args.mount:
-        label = fl.get("volume_label", "UF2")
         raise FlashError(f"FIRMWARE= on {profile['name']} needs MOUNT=dir (--mount): "
-                         + BOOTSEL.format(label=label))
+                         + BOOTSEL.format(label=fl.get("volume_label", "UF2")))
     return ["cp", str(path), str(Path(uf2_drive(profile, args.mount), path.name))]
 
 
@@ -120,15 +109,6 @@ def have_mpflash():
     return importlib.util.find_spec("mpflash") is not None
 
 
-def ensure_mpflash():
-    """First use: pip install -r requirements-flash.txt into this venv (mpflash, esptool)."""
-    if have_mpflash():
-        return
-    argv = [sys.executable, "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)]
-    print(f"mpflash is not installed; installing it (first use): {shlex.join(argv)}", flush=True)
-    run(argv, INSTALL_TIMEOUT, "installing mpflash")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m kmemhost.flash",
                                  description=__doc__.split("\n")[0])
@@ -158,8 +138,11 @@ def main(argv=None):
                 print("# dry run; a real run first installs mpflash into this venv (pip "
                       f"install -r {REQUIREMENTS.name})", file=sys.stderr)
             return 0
-        if cmd[0] != "cp":
-            ensure_mpflash()
+        if cmd[0] != "cp" and not have_mpflash():  # first use: the pinned mpflash and esptool
+            pip = [sys.executable, "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)]
+            print(f"mpflash is not installed; installing it (first use): {shlex.join(pip)}",
+                  flush=True)
+            run(pip, INSTALL_TIMEOUT, "installing mpflash")
         print(f"+ {shlex.join(cmd)}", flush=True)
         run(cmd, FLASH_TIMEOUT, "esptool" if cmd[0] == sys.executable else Path(cmd[0]).name)
         return 0

@@ -3,7 +3,15 @@
 The block list is read from the target in one round trip (kmem.tlsf.blocks: the same walk
 check() makes) and drawn here: a cell per slice of the arena, coloured by the kind that
 holds most of its bytes (as the board's own heap_map() does), a legend and the figures."""
+import ast
+import os
+import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+
+from . import targets
 
 KINDS = ("free", "kmalloc block", "kernel stack", "mm_struct", "vm_area_struct",
          "control area")
@@ -40,9 +48,7 @@ class HeapPicture:
         piece = 8
         while piece * width * rows < self.size:
             piece *= 2
-        cells = []
-        counts = [0] * len(KINDS)
-        at = 0
+        cells, counts, at = [], [0] * len(KINDS), 0
         for s, e, what in self.spans:
             while s < e:
                 take = min(e, at + piece) - s
@@ -81,84 +87,65 @@ def text(pic, width=64, colour=False):
     """The map as lines of text, the board's heap_map() exactly (16 rows at most), in colour
     if asked."""
     piece, cells = pic.slices(width, rows=16)
-    lines = []
-    for r in range(0, len(cells), width):
-        row = cells[r:r + width]
-        if colour:
-            chars = "".join(f"\x1b[38;5;{_ANSI[c]}m{CHARS[c]}" for c in row) + "\x1b[0m"
-        else:
-            chars = "".join(CHARS[c] for c in row)
-        lines.append(f"{pic.base + r * piece:08x} {chars}")
+    paint = (lambda c: f"\x1b[38;5;{_ANSI[c]}m{CHARS[c]}") if colour else CHARS.__getitem__
+    lines = [f"{pic.base + r * piece:08x} " + "".join(map(paint, cells[r:r + width]))
+             + ("\x1b[0m" if colour else "") for r in range(0, len(cells), width)]
     lines.append("  ".join(f"{CHARS[i]} {k}" for i, k in enumerate(KINDS))
                  + f"  (1 char = {piece} bytes)")
     lines.append(pic.figures())
     return lines
 
 
-def _layout(pic, width):
+def _layout(pic, width, textlength):
+    """What png() and svg() draw: the size, squares (x, y, side, colour, tooltip or "") and
+    texts (x, y of their top left, text); textlength(text) is its width in pixels."""
     piece, cells = pic.slices(width)
-    rows = (len(cells) + width - 1) // width
-    w = 2 * MARGIN + width * CELL
-    h = 2 * MARGIN + rows * CELL + 4 * LINE
-    return piece, cells, rows, w, h
+    rows = -(-len(cells) // width)
+    w, h = 2 * MARGIN + width * CELL, 2 * MARGIN + rows * CELL + 4 * LINE
+    squares = [(MARGIN + n % width * CELL, MARGIN + n // width * CELL, CELL - 1, COLOURS[c],
+                f"{KINDS[c]} at 0x{pic.base + n * piece:08x}") for n, c in enumerate(cells)]
+    texts, x, y = [], MARGIN, MARGIN + rows * CELL + 4
+    for colour, name in zip(COLOURS, KINDS):  # the legend, wrapped to the picture's width
+        squares.append((x, y + 2, 9, colour, ""))
+        texts.append((x + 11, y, name))
+        x += 22 + int(textlength(name))
+        if x > w - 100:
+            x, y = MARGIN, y + LINE
+    texts += [(MARGIN, y + LINE, f"1 cell = {piece} bytes"), (MARGIN, y + 2 * LINE, pic.figures())]
+    return (w, h), squares, texts
 
 
 def png(pic, path, width=64):
     """Write the map as a PNG: cells, then the legend and the figures under them."""
-    from PIL import Image, ImageDraw  # imported here: only `map -o x.png` needs Pillow
+    from PIL import Image, ImageDraw, ImageFont  # imported here: only `map -o x.png` needs Pillow
 
-    piece, cells, rows, w, h = _layout(pic, width)
-    img = Image.new("RGB", (w, h), (255, 255, 255))
+    size, squares, texts = _layout(pic, width, ImageFont.load_default().getlength)
+    img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    for n, c in enumerate(cells):
-        x, y = MARGIN + (n % width) * CELL, MARGIN + (n // width) * CELL
-        draw.rectangle((x, y, x + CELL - 2, y + CELL - 2), fill=COLOURS[c])
-    y = MARGIN + rows * CELL + 4
-    scale = f"1 cell = {piece} bytes"
-    x = MARGIN
-    for i, name in enumerate(KINDS):
-        draw.rectangle((x, y + 2, x + 8, y + 10), fill=COLOURS[i])
-        draw.text((x + 11, y), name, fill=(0, 0, 0))
-        x += 14 + int(draw.textlength(name)) + 8
-        if x > w - 100:
-            x, y = MARGIN, y + LINE
-    draw.text((MARGIN, y + LINE), scale, fill=(0, 0, 0))
-    draw.text((MARGIN, y + 2 * LINE), pic.figures(), fill=(0, 0, 0))
+    for x, y, side, colour, _ in squares:
+        draw.rectangle((x, y, x + side - 1, y + side - 1), fill=colour)
+    for x, y, line in texts:
+        draw.text((x, y), line, fill=(0, 0, 0))
     img.save(path)
 
 
 def svg(pic, path, width=64):
-    """Write the map as an SVG (the same picture as png())."""
-    piece, cells, rows, w, h = _layout(pic, width)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-           'font-family="monospace" font-size="11">',
-           f'<rect width="{w}" height="{h}" fill="white"/>']
-    for n, c in enumerate(cells):
-        x, y = MARGIN + (n % width) * CELL, MARGIN + (n // width) * CELL
-        out.append(f'<rect x="{x}" y="{y}" width="{CELL - 1}" height="{CELL - 1}" '
-                   f'fill="rgb{COLOURS[c]}"><title>{KINDS[c]} at '
-                   f'0x{pic.base + n * piece:08x}</title></rect>')
-    y = MARGIN + rows * CELL + 4
-    scale = f"1 cell = {piece} bytes"
-    for i, name in enumerate(KINDS):
-        x = MARGIN + i * 110
-        out.append(f'<rect x="{x}" y="{y + 2}" width="8" height="8" fill="rgb{COLOURS[i]}"/>'
-                   f'<text x="{x + 11}" y="{y + 10}">{name}</text>')
-    out.append(f'<text x="{MARGIN}" y="{y + LINE + 10}">{scale}</text>')
-    out.append(f'<text x="{MARGIN}" y="{y + 2 * LINE + 10}">{pic.figures()}</text>')
-    out.append("</svg>")
+    """Write the map as an SVG: png()'s picture, each cell's tooltip its kind and address."""
+    (w, h), squares, texts = _layout(pic, width, lambda line: 6.6 * len(line))  # 11px monospace
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family='
+           f'"monospace" font-size="11">\n<rect width="{w}" height="{h}" fill="white"/>']
+    for x, y, side, colour, tip in squares:
+        out.append(f'<rect x="{x}" y="{y}" width="{side}" height="{side}" fill="rgb{colour}">'
+                   + (f"<title>{tip}</title>" if tip else "") + "</rect>")
+    out += [f'<text x="{x}" y="{y + 10}">{line}</text>' for x, y, line in texts]
     with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+        f.write("\n".join(out + ["</svg>"]) + "\n")
 
 
 # ---- an address space (map --mm) ---------------------------------------------------------
 
 RIGHTS_COLOURS = {"x": (228, 87, 86), "w": (76, 120, 168), "r": (84, 162, 75),
                   "-": (160, 160, 160)}
-
-
-def _rights(flags):
-    return "x" if flags & 4 else "w" if flags & 2 else "r" if flags & 1 else "-"
 
 
 def fetch_areas(target, mm, setup=""):
@@ -178,12 +165,10 @@ def areas_png(areas, path, width=64):
     draw = ImageDraw.Draw(img)
     for col, (s, e, f) in _columns(areas, width):
         x = MARGIN + col * CELL
-        draw.rectangle((x, MARGIN, x + CELL - 2, MARGIN + 2 * CELL),
-                       fill=RIGHTS_COLOURS[_rights(f)])
-    y = MARGIN + 2 * CELL + 6
-    for line in lines:
-        draw.text((MARGIN, y), line, fill=(0, 0, 0))
-        y += LINE
+        right = "x" if f & 4 else "w" if f & 2 else "r" if f & 1 else "-"  # the strongest
+        draw.rectangle((x, MARGIN, x + CELL - 2, MARGIN + 2 * CELL), fill=RIGHTS_COLOURS[right])
+    for i, line in enumerate(lines):
+        draw.text((MARGIN, MARGIN + 2 * CELL + 6 + i * LINE), line, fill=(0, 0, 0))
     img.save(path)
 
 
@@ -219,10 +204,9 @@ CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kern
 
 
 def watch_script(program, interval_ms):
-    """`program` with kmem's heap-changing calls wrapped: a call after which `interval_ms`
-    have passed since the last picture prints a new one (SNIPPET's value after WATCH_MARK),
-    as do the start and the end. Nothing is needed from the program; the wrappers cost
-    only while watching."""
+    """`program` with kmem's heap-changing calls wrapped (the program needs no change): a call
+    `interval_ms` after the last picture, the start and the end print one (SNIPPET's value
+    after WATCH_MARK)."""
     body = "\n".join("    " + line for line in SNIPPET.strip().splitlines())
     return f"""
 import time, kmem
@@ -252,10 +236,6 @@ _kmem_picture()
 def watch(target, program, on_picture, on_output, interval_ms=200, timeout=600):
     """Run `program` on `target` (after its prelude), calling on_picture(HeapPicture) for
     each picture as it arrives and on_output(line) for the program's own output."""
-    import ast
-
-    from . import targets
-
     def line(text):
         if text.startswith(WATCH_MARK):
             on_picture(picture(ast.literal_eval(text[len(WATCH_MARK):])))
@@ -263,50 +243,39 @@ def watch(target, program, on_picture, on_output, interval_ms=200, timeout=600):
             on_output(text)
 
     script = target.prelude + watch_script(program, interval_ms)
-    if isinstance(target, targets.UnixTarget):
-        out, err = _stream_unix(target, script, timeout, line)
-    else:
-        out, err = _stream_board(target, script, timeout, line)
-    if err:
-        raise targets.TargetError(*targets.parse_traceback(err), stdout=out, script=script)
+    stream = _stream_unix if isinstance(target, targets.UnixTarget) else _stream_board
+    if err := stream(target, script, timeout, line):
+        raise targets.TargetError(*targets.parse_traceback(err), script=script)
 
 
 def _stream_unix(target, script, timeout, line):
-    import os
-    import selectors
-    import subprocess
-    import tempfile
-    import time
-
-    from .targets import TRACEBACK_HEADER, TargetTimeout, find_micropython
+    """Run `script` on the unix port, line(text) for each line it prints: the error, if any."""
     with tempfile.TemporaryDirectory(prefix="kmem-watch-") as tmp:
-        with open(os.path.join(tmp, "watch.py"), "w") as f:
-            f.write(script)
+        Path(tmp, "watch.py").write_text(script)
         proc = subprocess.Popen(
-            [target.micropython or find_micropython(), "-X",
+            [target.micropython or targets.find_micropython(), "-X",
              f"heapsize={target.profile['heap_size']}", "watch.py"],
             cwd=tmp, env=dict(os.environ, MICROPYPATH=target.kmem_path), text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline, seen = time.monotonic() + timeout, []
-        with proc, selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)  # pyright: ignore[reportArgumentType]
-            while True:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    proc.kill()
-                    raise TargetTimeout(target.name, timeout, "".join(seen))
-                text = proc.stdout.readline()  # pyright: ignore[reportOptionalMemberAccess]
-                if not text:
-                    break
-                if seen or TRACEBACK_HEADER in text:
+        watchdog, seen = threading.Timer(timeout, proc.kill), []
+        watchdog.daemon = True  # should line() raise, nothing waits for it
+        with proc:
+            watchdog.start()
+            for text in proc.stdout:  # pyright: ignore[reportOptionalIterable]
+                if seen or targets.TRACEBACK_HEADER in text:
                     seen.append(text)  # the uncaught exception: reported, not shown
                 else:
                     line(text.rstrip("\n"))
+        if not watchdog.is_alive():  # it fired: the process was killed
+            raise targets.TargetTimeout(target.name, timeout, "".join(seen))
+        watchdog.cancel()
     if proc.returncode:
-        return "", "".join(seen) or f"SystemExit: exit status {proc.returncode}"
-    return "", ""
+        return "".join(seen) or f"SystemExit: exit status {proc.returncode}"
+    return ""
 
 
 def _stream_board(target, script, timeout, line):
+    """_stream_unix() on a board, over mpremote's raw REPL."""
     board = target.board
     board.prepare()
     t = board.transport
@@ -322,4 +291,4 @@ def _stream_board(target, script, timeout, line):
     board.fresh = False
     if text[:-1]:
         line(text[:-1].decode("utf-8", "replace"))
-    return "", err[:-1].decode("utf-8", "replace")
+    return err[:-1].decode("utf-8", "replace")

@@ -1,26 +1,14 @@
-"""Inline TLSF's block helpers into kmem's viper hot paths, so that they are written once.
+"""Inline the helpers of firmware/blocks/tlsf.blocks into firmware/kmem/*.py (make test checks).
 
-A viper call costs a generic call with boxed arguments, so the hot paths cannot call
-helpers; but copies kept in sync by hand drift. The helpers are written once, in
-firmware/blocks/tlsf.blocks:
-
-    #@def unlink(B, SIZE)        a block: its parameters are whole-word placeholders
-    ...viper lines...
-    #@end
-
-and used in firmware/kmem/*.py as
-
-        #@use unlink(b, size)
-        ...the expansion, written by this tool...
-        #@end
-
-python -m kmemhost.inline rewrites every expansion from the definitions; with --check it
-changes nothing and fails if any expansion differs (make test runs the check). Blocks may
-use other blocks. Temporaries inside a block are named with the block's prefix (ul_, ln_, ...).
+A viper call costs a generic call with boxed arguments, so the hot paths cannot call helpers,
+and copies kept by hand drift. A `#@def name(P, Q)` ... `#@end` block (whole-word
+placeholders; it may `#@use` others) is written out between each `#@use name(a, b)` and its
+`#@end`; --check changes nothing and fails if an expansion is out of date.
 """
 import argparse
 import re
 import sys
+from itertools import accumulate
 
 from . import ROOT
 
@@ -35,21 +23,19 @@ class InlineError(Exception):
     pass
 
 
+def _depths(text):
+    """The parenthesis depth after each character of `text`."""
+    return list(accumulate((ch == "(") - (ch == ")") for ch in text))
+
+
 def _args(text):
     """Split "a, (b - c), f(x, y)" at the commas outside parentheses."""
-    args, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "," and depth == 0:
-            args.append(cur.strip())
-            cur = ""
-            continue
-        depth += (ch == "(") - (ch == ")")
-        if depth < 0:
-            raise InlineError(f"unbalanced parentheses in {text!r}")
-        cur += ch
-    if depth:
+    depths = _depths(text)
+    if min(depths, default=0) < 0 or depths and depths[-1]:
         raise InlineError(f"unbalanced parentheses in {text!r}")
-    return [a for a in args + [cur.strip()] if a]
+    cuts = [i for i, ch in enumerate(text) if ch == "," and not depths[i]]
+    parts = (text[a + 1:b].strip() for a, b in zip([-1, *cuts], [*cuts, len(text)]))
+    return [a for a in parts if a]
 
 
 def definitions(text):
@@ -71,17 +57,9 @@ def definitions(text):
 
 
 def _atom(arg):
-    """A name, a number, or one parenthesized whole: needs no parentheses of its own."""
-    if re.fullmatch(r"\w+", arg):
-        return True
-    if not arg.startswith("("):
-        return False
-    depth = 0
-    for i, ch in enumerate(arg):
-        depth += (ch == "(") - (ch == ")")
-        if depth == 0:
-            return i == len(arg) - 1
-    return False
+    """A name, a number, or one parenthesized whole (arguments are balanced: _args checked):
+    needs no parentheses of its own."""
+    return bool(re.fullmatch(r"\w+", arg)) or arg.startswith("(") and 0 not in _depths(arg)[:-1]
 
 
 def expand(defs, name, args, indent, depth=0):
@@ -120,21 +98,15 @@ def _strict(line, where):
 
 def rewrite(text, defs):
     """`text` with every #@use ... #@end region expanded afresh."""
-    lines, out, i = text.splitlines(), [], 0
-    while i < len(lines):
-        _strict(lines[i], f"line {i + 1}")
-        m = _USE.match(lines[i])
-        out.append(lines[i])
-        i += 1
-        if not m:
-            continue
-        while i < len(lines) and not _END.match(lines[i]):
-            i += 1
-        if i == len(lines):
-            raise InlineError(f"#@use {m.group(2)} has no #@end")
-        out += expand(defs, m.group(2), _args(m.group(3)), m.group(1))
-        out.append(lines[i])
-        i += 1
+    out, lines = [], enumerate(text.splitlines(), 1)
+    for n, line in lines:
+        _strict(line, f"line {n}")
+        out.append(line)
+        if m := _USE.match(line):  # the old expansion is skipped up to its #@end
+            end = next((end for _, end in lines if _END.match(end)), None)
+            if end is None:
+                raise InlineError(f"#@use {m.group(2)} has no #@end")
+            out += [*expand(defs, m.group(2), _args(m.group(3)), m.group(1)), end]
     return "\n".join(out) + "\n"
 
 
