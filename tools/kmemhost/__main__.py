@@ -176,6 +176,9 @@ def main(argv=None):
     except (TargetError, ValueError, OSError) as e:
         print(f"kmemctl {args.command}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"kmemctl {args.command}: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -280,15 +280,19 @@ def _stream_board(target, script, timeout, line):
     board.prepare()
     t = board.transport
     text = bytearray()
+    board.fresh = False
     with board.step(timeout, text):
         t.exec_raw_no_follow(script.encode())
-        while not text.endswith(b"\x04"):
-            text.extend(t.serial.read(1))
-            if text.endswith(b"\n"):
-                line(text.decode("utf-8", "replace").rstrip("\r\n"))
-                text.clear()
+        try:
+            while not text.endswith(b"\x04"):
+                text.extend(t.serial.read(1))
+                if text.endswith(b"\n"):
+                    line(text.decode("utf-8", "replace").rstrip("\r\n"))
+                    text.clear()
+        except KeyboardInterrupt:  # Ctrl-C here stops the program there too
+            t.serial.write(b"\x03")
+            raise
         err = t.read_until(1, b"\x04", timeout=None)  # pyright: ignore[reportArgumentType]
-    board.fresh = False
     if text[:-1]:
         line(text[:-1].decode("utf-8", "replace"))
     return err[:-1].decode("utf-8", "replace")
