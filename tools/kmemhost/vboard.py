@@ -661,10 +661,10 @@ class VirtualBoard:
         if not rest.startswith(b"OK"):
             raise VBoardError(f"{name}: the raw REPL did not accept it: {rest[:200]!r}")
         rest, end = rest[2:], _USER_END + CTRL_D
-        while end not in rest:
-            keep = len(end) - 1           # the marker may be arriving
-            self._emit(rest[:-keep])
-            rest = rest[-keep:] + (yield)
+        while end not in rest:  # hold back only what may be the start of the marker
+            keep = max((k for k in range(1, len(end)) if rest.endswith(end[:k])), default=0)
+            self._emit(rest[:len(rest) - keep])
+            rest = rest[len(rest) - keep:] + (yield)
         out, rest = rest.split(end, 1)
         self._emit(out)
         try:
