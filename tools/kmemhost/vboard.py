@@ -1,30 +1,20 @@
 """Virtual board: the MicroPython unix port behind a pseudo-terminal, driven like a USB board.
 
-`tools/vboard` (`make vboard`, `python -m kmemhost.vboard`; --help lists the options) prints
-the pty path once the board is ready; `mpremote connect <pty> ...` then works as with a board
-(exec, eval, run, fs, mip, mount, soft-reset, repl, resume). Ctrl-C, SIGTERM or SIGHUP stop it.
-From Python, the board runs in a `python -m kmemhost.vboard` child process:
+`tools/vboard` (--help lists its options) prints the pty path once the board is ready; then
+`mpremote connect <pty> ...` works as with a board. From Python (the board runs in a child
+process): `with VirtualBoard("rpi_pico", flash) as vb: mpremote connect vb.pty ...`.
 
-    with VirtualBoard("rpi_pico", tmp_path / "flash") as vb:
-        subprocess.run(["mpremote", "connect", vb.pty, "exec", "print(1)"], timeout=30)
-
-What makes it a board, not just a pty:
-- Soft reset: the unix port exits where firmware soft-resets (Ctrl-D at an empty REPL,
-  sys.exit(), machine.soft_reset()) or when it crashes; the vboard prints "MPY: soft reboot",
-  starts a fresh interpreter, runs boot.py (and main.py when the board comes back to the
-  friendly REPL) and shows the REPL the board was in (the raw REPL stays raw, as on a board).
-- Flash: "/" is the flash directory (a VfsPosix rooted there; not a sandbox, "/.." is the
-  host), the cwd is "/" and sys.path ['', '.frozen', '/lib'] as on rp2/esp32.
-- Heap: `-X heapsize=<heap_size>` of the profile.
-- Serial line: nothing is written while no client has the pty open and unread output dies
-  with the connection (as on USB CDC); "\\n" goes out as "\\r\\n", but for `mpremote mount`'s
-  binary frames. Ctrl-C interrupts running code; at a REPL or after kbd_intr(-1) it is a byte.
-Unix-port quirks (1.29 preview) it hides: the port sets its REPL terminal mode with TCSAFLUSH,
-dropping input not read yet, so input is held while it boots and after a Ctrl-C until it is
-back at its REPL (typing ahead of running code at the friendly REPL can still be lost). It
-catches SIGINT only while running code (raw-paste code runs in its raw terminal mode, where
-ISIG cannot fire): the vboard sends SIGINT itself when /proc/PID/status shows it caught.
-Not emulated: hard reset, flash size, file sizes in `mpremote ls`, boot.py reading stdin.
+What makes it a board (README: "The virtual board"): a soft reset (the port exits where
+firmware soft-resets, or crashes) prints "MPY: soft reboot", starts a fresh interpreter, runs
+boot.py (and main.py for the friendly REPL) and comes back to the REPL it was in. "/" is the
+flash directory (VfsPosix; not a sandbox, "/.." is the host), sys.path ['', '.frozen', '/lib'];
+the heap is the profile's; "\\n" goes out as "\\r\\n" (not in `mpremote mount`'s frames);
+nothing is written while no client has the pty open, and unread output dies with it (USB CDC).
+The unix port (1.29 preview) sets its REPL terminal mode with TCSAFLUSH, dropping unread input:
+input is held while it boots and after a Ctrl-C until it is back at its REPL. It catches
+SIGINT only while running code (raw-paste code runs in raw terminal mode, where ISIG cannot
+fire): the vboard sends SIGINT itself when /proc/PID/status shows it caught; otherwise a
+Ctrl-C is a byte. Not emulated: hard reset, flash size, file sizes in `ls`, boot.py's stdin.
 """
 import argparse
 import fcntl
@@ -87,23 +77,19 @@ _SETUP = """def _vboard_setup():
     try:
         root = vfs.VfsPosix(FLASH)
         vfs.umount('/')
+        try:
+            vfs.mount(root, '/')
+        except Exception:
+            vfs.mount(vfs.VfsPosix(), '/')
+            raise
     except Exception as e:
-        return print('cwd', repr(e))
-    try:
-        vfs.mount(root, '/')
-    except Exception as e:
-        vfs.mount(vfs.VfsPosix(), '/')
         return print('cwd', repr(e))
     os.chdir('/')
     sys.path[:] = ['', '.frozen', '/lib']
     print('rooted')
-
-
 _vboard_setup()
 del _vboard_setup
-import gc
-gc.collect()
-del gc
+import gc; gc.collect(); del gc
 """
 
 
@@ -135,6 +121,35 @@ def _flush_tty_input(path):
         os.close(fd)
 
 
+def _read(fd, size=4096):
+    """What `fd` has: None if nothing yet, b"" at its end (EOF, or EIO: the other side closed)."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def _open_pty():
+    """A pty with a non-blocking master and a raw slave (no echo, no CR/LF mapping, like a UART)."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
+def _reap(proc, timeout, terminate=True):
+    """Wait for `proc` (after a SIGTERM if `terminate`), SIGKILL it if it lingers; its return code."""
+    if terminate:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout)
+
+
 def _until(buf, marker):
     """(generator, sent output) Wait for `marker`; return what came before and after it."""
     while marker not in buf:
@@ -161,12 +176,10 @@ class _Interpreter:
     """One unix-port process on its own pty, in its own session (the pty is its ctty)."""
 
     def __init__(self, argv, env, cwd):
-        master, slave = pty.openpty()
+        master, slave, self.tty_name = _open_pty()
         try:
-            self.tty_name = os.ttyname(slave)
-            # Raw like a UART. The port restores this mode while running code and reads its
-            # REPL with c_lflag 0: NOFLSH (inert without ISIG) tells the two apart.
-            tty.setraw(slave)
+            # The port restores this mode while running code and reads its REPL with
+            # c_lflag 0: NOFLSH (inert without ISIG) tells the two apart.
             mode = termios.tcgetattr(slave)
             mode[3] = termios.NOFLSH
             termios.tcsetattr(slave, termios.TCSANOW, mode)
@@ -178,7 +191,6 @@ class _Interpreter:
             raise
         finally:
             os.close(slave)
-        os.set_blocking(master, False)
         self.fd, self.started = master, time.monotonic()
 
     def _lflag(self):
@@ -201,16 +213,10 @@ class _Interpreter:
         return self._lflag() == 0 and not self.interruptible()
 
     def end(self, terminate):
-        """Reap it (SIGTERM first if `terminate`, SIGKILL if it lingers); its return code."""
-        if terminate:
-            self.proc.terminate()
-        try:
-            self.proc.wait(KILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(KILL_TIMEOUT)
+        """Reap it, then close its pty; its return code."""
+        code = _reap(self.proc, KILL_TIMEOUT, terminate)
         os.close(self.fd)
-        return self.proc.returncode
+        return code
 
 
 class VirtualBoard:
@@ -245,21 +251,16 @@ class VirtualBoard:
             p for p in (str(ROOT / "tools"), os.environ.get("PYTHONPATH")) if p))
         # stdin is a pipe only we hold: if this process dies, the vboard sees EOF and exits.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        line, deadline = b"", time.monotonic() + timeout
-        try:
-            while not line.endswith(b"\n"):
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:  # pyright: ignore[reportArgumentType]
-                    raise VBoardError(f"vboard not ready within {timeout:g}s")
-                chunk = os.read(self.proc.stdout.fileno(), 1)
-                if not chunk:
-                    raise VBoardError(f"vboard exited before it was ready "
-                                      f"(status {self.proc.wait(timeout=KILL_TIMEOUT)})")
-                line += chunk
+        try:  # the ready line comes in one write (print(flush=True)): readline cannot hang
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:  # pyright: ignore[reportArgumentType]
+                raise VBoardError(f"vboard not ready within {timeout:g}s")
+            self.pty = self.proc.stdout.readline().decode().strip()
+            if not self.pty:
+                raise VBoardError(f"vboard exited before it was ready "
+                                  f"(status {self.proc.wait(timeout=KILL_TIMEOUT)})")
         except BaseException:
             self.stop()
             raise
-        self.pty = line.decode().strip()
         return self.pty
 
     def stop(self, timeout=KILL_TIMEOUT * 2):
@@ -267,12 +268,7 @@ class VirtualBoard:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        _reap(proc, timeout)
         proc.stdin.close()
         proc.stdout.close()
 
@@ -312,7 +308,7 @@ class VirtualBoard:
         self._client_fd = self._client_path = None
         self._mode = "friendly"          # the REPL the board is in (tracked from output)
         self._out_tail = self._boot_tail = b""  # recent output: mode banners, boot errors
-        self._failures, self._interrupt, self._last_cr = 0, False, False
+        self._failures, self._interrupt, self._last_cr, self._connected = 0, False, False, False
         self._to_client = bytearray()    # output the client has not taken yet
         self._to_child = bytearray()     # input the interpreter has not taken yet
         self._held = bytearray()         # input held while it boots or after a Ctrl-C
@@ -326,7 +322,8 @@ class VirtualBoard:
                 if threading.current_thread() is threading.main_thread():
                     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                         old_handlers[sig] = signal.signal(sig, self._on_signal)
-                self._open_client_pty()
+                self._client_fd, slave, self._client_path = _open_pty()  # raw: never echo the board
+                os.close(slave)  # no client yet: the master reports POLLHUP
                 self._spawn("friendly")  # power on
                 self._loop()
         finally:
@@ -338,7 +335,11 @@ class VirtualBoard:
                 signal.signal(sig, handler)
             os.close(self._stop_r)
             os.close(self._stop_w)
-            self._remove_pty_file()
+            try:  # only if it is still ours
+                if self.pty_file and self.pty_file.read_text().strip() == self._client_path:
+                    self.pty_file.unlink()
+            except OSError:
+                pass
         self._log(f"stopped ({self._stop_reason})")
         return 0
 
@@ -369,15 +370,11 @@ class VirtualBoard:
                                  or len(self._to_client) < BUFFER_LIMIT else 0))
             for fd, ev in poll.poll(None if timeout is None else timeout * 1000):
                 if fd == 0:
-                    try:
-                        eof = not os.read(0, 4096)
-                    except OSError:
-                        eof = True
-                    if eof:
+                    if _read(0) == b"":
                         self.request_stop("stdin closed")
                 elif child is not None and child is self._child and fd == child.fd:
                     if ev & select.POLLOUT:
-                        self._flush_child()
+                        self._write_child()
                     if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                         self._read_child()
                 elif fd == self._client_fd and self._connected:
@@ -391,8 +388,12 @@ class VirtualBoard:
     def _tick(self):
         """The checks that wait for time or for the interpreter; the poll timeout (s) or None."""
         now = time.monotonic()
-        if not self._connected:
-            self._check_connect()
+        if not self._connected:  # a client has the pty open iff the master stops reporting POLLHUP
+            poll = select.poll()
+            poll.register(self._client_fd, select.POLLIN)  # pyright: ignore[reportArgumentType]
+            if not any(ev & select.POLLHUP for _, ev in poll.poll(0)):
+                self._connected, self._last_cr = True, False
+                self._trace("--", "client connected")
         if self._respawn_at is not None and now >= self._respawn_at:
             self._spawn(self._mode)
         if self._boot_deadline is not None and now >= self._boot_deadline:
@@ -411,22 +412,6 @@ class VirtualBoard:
         return None
 
     # ----- client side: the pty users connect to -----------------------------------
-
-    def _open_client_pty(self):
-        master, slave = pty.openpty()
-        self._client_path = os.ttyname(slave)
-        tty.setraw(slave)                # never echo what the board prints back at it
-        os.close(slave)                  # no client yet: the master reports POLLHUP
-        os.set_blocking(master, False)
-        self._client_fd, self._connected = master, False
-
-    def _check_connect(self):
-        """A client has the pty open iff the master stops reporting POLLHUP."""
-        p = select.poll()
-        p.register(self._client_fd, select.POLLIN)  # pyright: ignore[reportArgumentType]
-        if not any(ev & select.POLLHUP for _, ev in p.poll(0)):
-            self._connected, self._last_cr = True, False
-            self._trace("--", "client connected")
 
     def _disconnected(self):
         if not self._connected:
@@ -451,30 +436,30 @@ class VirtualBoard:
             self._to_client += data
             self._flush_client()
 
-    def _flush_client(self):
-        while self._to_client:
+    def _write(self, fd, buf, direction):
+        """Write `buf` to `fd` as far as it takes it now; False if the fd failed."""
+        while buf:
             try:
-                n = os.write(self._client_fd, self._to_client)  # pyright: ignore[reportArgumentType]
+                n = os.write(fd, buf)
             except BlockingIOError:
-                return
+                return True
             except OSError:
-                self._disconnected()
-                return
-            self._trace(">>", bytes(self._to_client[:n]))
-            del self._to_client[:n]
+                return False
+            self._trace(direction, bytes(buf[:n]))
+            del buf[:n]
+        return True
+
+    def _flush_client(self):
+        if not self._write(self._client_fd, self._to_client, ">>"):
+            self._disconnected()
 
     def _read_client(self):
-        try:
-            data = os.read(self._client_fd, 4096)  # pyright: ignore[reportArgumentType]
-        except BlockingIOError:
-            return
-        except OSError:          # EIO: the last client closed the pty
-            data = b""
-        if not data:
+        data = _read(self._client_fd)
+        if data == b"":          # the last client closed the pty
             self._disconnected()
-            return
-        self._trace("<<", data)
-        self._from_client(data)
+        elif data:
+            self._trace("<<", data)
+            self._from_client(data)
 
     def _from_client(self, data):
         if self._script and CTRL_C in data:
@@ -514,28 +499,15 @@ class VirtualBoard:
         self._boot = self._boot_steps(mode)
         self._feed_boot(None)
 
-    def _write_child(self, data):
-        self._to_child += data
-        self._flush_child()
-
-    def _flush_child(self):
-        while self._to_child and self._child is not None:
-            try:
-                n = os.write(self._child.fd, self._to_child)
-            except OSError:      # full (POLLOUT comes), or dying (its read side says so)
-                return
-            self._trace("->", bytes(self._to_child[:n]))
-            del self._to_child[:n]
+    def _write_child(self, data=b""):
+        self._to_child += data  # a failed write: it is dying, and its read side says so
+        self._write(self._child.fd, self._to_child, "->")
 
     def _read_child(self):
-        try:
-            data = os.read(self._child.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:          # EIO: it has exited
-            data = b""
+        data = _read(self._child.fd, 65536)
         if not data:
-            self._child_gone()
+            if data == b"":
+                self._child_gone()
             return
         self._trace("<-", data)
         if self._boot:
@@ -555,16 +527,14 @@ class VirtualBoard:
             if self._frame is None:
                 at = data.find(MOUNT_FRAME)
                 if at < 0 or self._child.interruptible():   # mount's begin() did kbd_intr(-1)
-                    self._emit(data)
-                    return
+                    return self._emit(data)
                 self._emit(data[:at])
                 data, self._frame = data[at:], bytearray()
-            start = len(self._frame)
-            while ((size := _frame_size(self._frame)) != len(self._frame)
-                   and len(self._frame) - start < len(data)):
-                taken = len(self._frame) - start
-                self._frame += data[taken:taken + (1 if size is None else size - len(self._frame))]
-            taken = len(self._frame) - start
+            taken = 0
+            while (size := _frame_size(self._frame)) != len(self._frame) and taken < len(data):
+                step = 1 if size is None else size - len(self._frame)  # header: byte by byte
+                self._frame += data[taken:taken + step]
+                taken += step
             self._emit(data[:taken], cook=False)
             data = data[taken:]
             if size == len(self._frame):
@@ -646,7 +616,11 @@ class VirtualBoard:
         self._release_held()
         if not self._ready:
             self._ready = True
-            self._write_pty_file()
+            if self.pty_file:
+                self.pty_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.pty_file.with_name(self.pty_file.name + ".tmp")
+                tmp.write_text(f"{self._client_path}\n")
+                os.replace(tmp, self.pty_file)  # readers never see half a path
             if self._on_ready:
                 self._on_ready(self._client_path)
 
@@ -675,22 +649,6 @@ class VirtualBoard:
         _, rest = yield from _until(rest, RAW_END)
         self._script, self._interrupt = None, False
         return rest
-
-    # ----- pty file ----------------------------------------------------------------
-
-    def _write_pty_file(self):
-        if self.pty_file:
-            self.pty_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.pty_file.with_name(self.pty_file.name + ".tmp")
-            tmp.write_text(f"{self._client_path}\n")
-            os.replace(tmp, self.pty_file)  # readers never see half a path
-
-    def _remove_pty_file(self):
-        try:  # only if still ours
-            if self.pty_file and self.pty_file.read_text().strip() == self._client_path:
-                self.pty_file.unlink()
-        except OSError:
-            pass
 
 
 def lock_flash(flash_dir):
@@ -752,21 +710,16 @@ def main(argv=None):
     except ProfileError as e:
         print(f"vboard: {e}", file=sys.stderr)
         return 2
-    heap = vb.profile["heap_size"]
-    try:
-        lock = lock_flash(vb.flash_dir)  # noqa: F841 - held until this process exits
-    except VBoardError as e:
-        print(f"vboard: error: {e}", file=sys.stderr)
-        return 1
-    if args.with_kmem:
-        install_kmem(vb.flash_dir)
 
     def ready(path):
         print(path, flush=True)
-        vb._log(f"{vb.profile['name']} board ({heap} byte heap), flash {vb.flash_dir}")
+        vb._log(f"{vb.profile['name']} board ({vb.profile['heap_size']} byte heap), flash {vb.flash_dir}")
         vb._log(f"ready: mpremote connect {path} ...   (Ctrl-C stops the board)")
 
     try:
+        lock = lock_flash(vb.flash_dir)  # noqa: F841 - held until this process exits
+        if args.with_kmem:
+            install_kmem(vb.flash_dir)
         return vb.run(on_ready=ready)
     except VBoardError as e:
         print(f"vboard: error: {e}", file=sys.stderr)
