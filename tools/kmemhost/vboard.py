@@ -112,13 +112,10 @@ def find_micropython(explicit=None):
 def _flush_tty_input(path):
     """Drop the input queued on the tty at `path` that nobody has read."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        with open(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK), "rb", buffering=0) as tty_file:
+            termios.tcflush(tty_file, termios.TCIFLUSH)
     except OSError:  # gone already: nothing to drop
-        return
-    try:
-        termios.tcflush(fd, termios.TCIFLUSH)
-    finally:
-        os.close(fd)
+        pass
 
 
 def _read(fd, size=4096):
@@ -318,7 +315,7 @@ class VirtualBoard:
         try:
             with tempfile.TemporaryDirectory(prefix="vboard-boot-") as tmp:
                 self._setup_file = Path(tmp, "vboard_setup.py")
-                self._setup_file.write_text(f"FLASH = {str(self._flash)!r}\n{_SETUP}")
+                self._setup_file.write_text(_SETUP.replace("FLASH", repr(str(self._flash))))
                 if threading.current_thread() is threading.main_thread():
                     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                         old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -407,9 +404,7 @@ class VirtualBoard:
             self._release_held()
         if self._interrupt or self._hold_until is not None:
             return HOLD_POLL
-        if not self._connected or self._respawn_at is not None or self._boot_deadline is not None:
-            return POLL
-        return None
+        return POLL if not self._connected or self._respawn_at or self._boot_deadline else None
 
     # ----- client side: the pty users connect to -----------------------------------
 
@@ -703,13 +698,6 @@ def main(argv=None):
     ap.add_argument("--trace", action="store_true", help="log every byte on the serial line to stderr")
     ap.add_argument("--quiet", action="store_true", help="no informational messages on stderr")
     args = ap.parse_args(argv)
-    try:
-        vb = VirtualBoard(args.profile, args.flash, micropython=args.micropython,
-                          pty_file=args.pty_file, quiet=args.quiet, trace=args.trace,
-                          watch_stdin=args.watch_stdin)
-    except ProfileError as e:
-        print(f"vboard: {e}", file=sys.stderr)
-        return 2
 
     def ready(path):
         print(path, flush=True)
@@ -717,10 +705,16 @@ def main(argv=None):
         vb._log(f"ready: mpremote connect {path} ...   (Ctrl-C stops the board)")
 
     try:
+        vb = VirtualBoard(args.profile, args.flash, micropython=args.micropython,
+                          pty_file=args.pty_file, quiet=args.quiet, trace=args.trace,
+                          watch_stdin=args.watch_stdin)
         lock = lock_flash(vb.flash_dir)  # noqa: F841 - held until this process exits
         if args.with_kmem:
             install_kmem(vb.flash_dir)
         return vb.run(on_ready=ready)
+    except ProfileError as e:
+        print(f"vboard: {e}", file=sys.stderr)
+        return 2
     except VBoardError as e:
         print(f"vboard: error: {e}", file=sys.stderr)
         return 1
