@@ -318,7 +318,8 @@ class VirtualBoard:
                 self._setup_file.write_text(_SETUP.replace("FLASH", repr(str(self._flash))))
                 if threading.current_thread() is threading.main_thread():
                     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                        old_handlers[sig] = signal.signal(sig, self._on_signal)
+                        old_handlers[sig] = signal.signal(
+                            sig, lambda signum, _: self.request_stop(signal.Signals(signum).name))
                 self._client_fd, slave, self._client_path = _open_pty()  # raw: never echo the board
                 os.close(slave)  # no client yet: the master reports POLLHUP
                 self._spawn("friendly")  # power on
@@ -347,9 +348,6 @@ class VirtualBoard:
             os.write(self._stop_w, b"s")  # wakes the loop's poll
         except (OSError, AttributeError):
             pass
-
-    def _on_signal(self, signum, frame):
-        self.request_stop(signal.Signals(signum).name)
 
     def _loop(self):
         while self._stop_reason is None:
