@@ -374,9 +374,10 @@ class _Wire:
 
     def _closed(self, e):
         # pyserial closed under a running read (another thread, the board gone) fails with
-        # whatever its fd of None gives (TypeError); report it as the lost port it is.
+        # whatever its fd of None gives (TypeError, or EBADF from its abort pipe: close()
+        # clears fd first and is_open last); report it as the lost port it is.
         import serial
-        if self._port.is_open:
+        if self._port.is_open and getattr(self._port, "fd", 0) is not None:
             raise e
         raise serial.SerialException(f"the port was closed ({type(e).__name__}: {e})") from None
 
@@ -386,7 +387,7 @@ class _Wire:
             self._check()
             try:
                 data += self._port.read(n - len(data))
-            except (TypeError, AttributeError, ValueError) as e:
+            except (TypeError, AttributeError, ValueError, OSError) as e:
                 self._closed(e)
             self.received += len(data)
             if len(data) >= n:
@@ -396,7 +397,7 @@ class _Wire:
         self._check()
         try:
             return self._port.in_waiting
-        except (TypeError, AttributeError, ValueError) as e:
+        except (TypeError, AttributeError, ValueError, OSError) as e:
             self._closed(e)
 
     @property
@@ -410,7 +411,7 @@ class _Wire:
             return self._port.write(data)
         except serial.SerialTimeoutException:
             raise _Expired() from None
-        except (TypeError, AttributeError, ValueError) as e:
+        except (TypeError, AttributeError, ValueError, OSError) as e:
             self._closed(e)
 
 
