@@ -325,6 +325,8 @@ class VirtualBoard:
                 self._spawn("friendly")  # power on
                 self._loop()
         finally:
+            if self._boot is not None:  # now, while the client's pty is open (see _run_script)
+                self._boot.close()
             if self._child is not None:
                 self._child.end(terminate=True)
             if self._client_fd is not None:
