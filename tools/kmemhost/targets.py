@@ -352,9 +352,10 @@ class _Wire:
             return method(*args)
         except serial.SerialTimeoutException:  # a write the device did not drain in time
             raise _Expired() from None
-        except (TypeError, AttributeError, ValueError) as e:
+        except (TypeError, AttributeError, ValueError, OSError) as e:
             # pyserial closed under a running call (another thread, the board gone) fails
-            # with whatever its fd of None gives (is_open drops a moment later): a lost port.
+            # with whatever its fd of None gives (TypeError, or EBADF from its abort pipe;
+            # is_open drops a moment later): a lost port.
             if self._port.is_open and getattr(self._port, "fd", 0) is not None:
                 raise
             raise serial.SerialException(f"the port was closed ({type(e).__name__}: {e})") from None
