@@ -281,6 +281,20 @@ def test_kmemctl_says_in_one_line_when_there_is_no_board():
     assert out.stderr.count("\n") == 1 and "/dev/kmem-no-such-port" in out.stderr
 
 
+def test_kmemctl_says_in_one_line_when_the_emulated_boards_tools_are_missing(tmp_path):
+    os.symlink(sys.executable, tmp_path / "python")  # a PATH with no qemu-system-arm
+    out = kmemctl("map", "--target", "qemu", env={"PATH": str(tmp_path)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "qemu-system-arm not found" in out.stderr
+
+
+def test_kmemctl_flash_dry_run_prints_the_mpflash_command():
+    out = kmemctl("flash", "--board", "rpi_pico", "--port", "/dev/ttyACM0", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].endswith(
+        "mpflash flash --board RPI_PICO --serial /dev/ttyACM0 --version stable")
+
+
 def test_kmemctl_targets_lists_the_profiles():
     out = kmemctl("targets")
     assert out.returncode == 0 and "rpi_pico" in out.stdout and "esp32_generic" in out.stdout
