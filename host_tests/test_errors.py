@@ -172,7 +172,7 @@ def test_messages_name_the_problem(target):
     assert r["negative"] == "kfree: -0x00000001 is not the start of a live kmalloc block"
     assert r["bool_ptr"] == "kfree: pointer must be an int or None, not bool"
     assert r["float_ptr"] == "ksize: pointer must be an int or None, not float"
-    assert r["bool_size"] == "size must be an int, not bool"
+    assert r["bool_size"] == "kmalloc: size must be an int, not bool"
     assert r["vm_wrong_kind"] == "mmap_region: %s is a kmalloc block, not an mm_struct" % hex32(p)
     assert r["free_wrong_kind"] == "mm_destroy: %s is a kernel stack; free it with " \
         "free_kernel_stack()" % hex32(s)

@@ -27,15 +27,17 @@ def _is_null(ptr):
     return ptr is None or (isinstance(ptr, int) and ptr == 0)
 
 
-def _need_int(value, what):
+def _need_int(value, what, fn=None):
+    # fn: the call the value was given to, named first as in every per-call message.
     if not isinstance(value, int):
-        raise TypeError("%s must be an int, not %s" % (what, type(value).__name__))
+        raise TypeError("%s%s must be an int, not %s"
+                        % (fn + ": " if fn else "", what, type(value).__name__))
 
 
-def _need_size(value, what="size"):
-    _need_int(value, what)
+def _need_size(value, fn, what="size"):
+    _need_int(value, what, fn)
     if value < 0:
-        raise ValueError("%s must be >= 0, got %d" % (what, value))
+        raise ValueError("%s: %s must be >= 0, got %d" % (fn, what, value))
 
 
 def _virtual_base(size):
@@ -171,7 +173,7 @@ class Heap:
 
     def _span(self, ptr, n, fn):
         # Offset of ptr when [ptr, ptr+n) lies inside one live block.
-        _need_size(n, "n")
+        _need_size(n, fn, "n")
         end = self._block_end(ptr, fn)
         off = ptr - self.base
         if off + n > end:
@@ -244,7 +246,7 @@ class Heap:
 
     def _kmalloc_slow(self, size):
         # Not an int, negative, a bool, or too big for any arena (counted as a failure).
-        _need_size(size)
+        _need_size(size, "kmalloc")
         if size < self.size:  # a small int the hot path did not recognise: its box words
             raise CorruptionError("arena control block overwritten (box words)")
         tlsf.count_failure(self.arena)
@@ -295,8 +297,8 @@ class Heap:
     def _kcalloc_slow(self, n, size):
         # kcalloc of anything but two small ints below 2**15. n * size cannot wrap as C's
         # size_t can: a product too big for the arena simply fails like any other request.
-        _need_size(n, "n")
-        _need_size(size)
+        _need_size(n, "kcalloc", "n")
+        _need_size(size, "kcalloc")
         if size and n > self.size // size:  # fails without making a big int of n * size
             return self._kmalloc_slow(self.size)
         return self.kzalloc(n * size)
@@ -306,7 +308,7 @@ class Heap:
         # semantics); self: a live kmalloc block and a size it may fit, the hot path goes on.
         if _is_null(ptr):
             return self.kmalloc(size)
-        _need_size(size)
+        _need_size(size, "krealloc")
         self._offset(ptr, "krealloc")  # TypeError for a non-int
         self._expect(ptr, KIND_PLAIN, "krealloc")
         if size == 0:
@@ -340,7 +342,7 @@ class Heap:
         The lowest 8 bytes hold a canary (like Linux's STACK_END_MAGIC) that
         check() verifies, so a stack that grew too deep is reported.
         """
-        _need_size(size)
+        _need_size(size, "allocate_kernel_stack")
         if not size:
             return None
         stack = self._alloc(((size + 7) & ~7) + 8, KIND_STACK, size)
@@ -372,7 +374,7 @@ class Heap:
 
     def _memset_checked(self, ptr, value, n):
         # memset's slow path (tlsf.bind): every check with its message, then the fill.
-        _need_int(value, "value")
+        _need_int(value, "value", "memset")
         if not 0 <= value <= 255:
             raise ValueError("memset: value must be 0..255, got %d" % value)
         tlsf.fill(self.arena, self._span(ptr, n, "memset"), value, n)
