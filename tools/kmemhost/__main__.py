@@ -160,6 +160,8 @@ def main(argv=None):
     args, extra = ap.parse_known_args(argv)
     if extra and args.command != "test":
         ap.error("unrecognized arguments: " + " ".join(extra))
+    from .build import BuildError
+    from .profiles import ProfileError
     from .targets import TargetError  # TargetTimeout and TargetUnavailable are OSErrors
     try:
         if args.command == "targets":
@@ -173,7 +175,7 @@ def main(argv=None):
             env.update({"KMEM_FUZZ_EXAMPLES": str(args.examples)} if args.examples else {})
             return _pytest(args, ["host_tests/test_fuzz.py", "-s", "-q"], env)
         return _repl(args)
-    except (TargetError, ValueError, OSError) as e:
+    except (TargetError, ProfileError, BuildError, ValueError, OSError) as e:
         print(f"kmemctl {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

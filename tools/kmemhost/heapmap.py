@@ -4,7 +4,9 @@ The block list is read from the target in one round trip (kmem.tlsf.blocks: the 
 check() makes) and drawn here: a cell per slice of the arena, coloured by the kind that
 holds most of its bytes (as the board's own heap_map() does), a legend and the figures."""
 import ast
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -198,6 +200,7 @@ def maps_line(s, e, f):
 # ---- map --watch: the map redrawn while a program runs on the target --------------------
 
 WATCH_MARK = "\x1ekmem-map "
+FAILED_MARK = "\x1ekmem-failed"  # then the program's exception, as print_exception gives it
 CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kernel_stack",
             "free_kernel_stack", "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect",
             "brk", "init")
@@ -206,10 +209,11 @@ CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kern
 def watch_script(program, interval_ms):
     """`program` with kmem's heap-changing calls wrapped (the program needs no change): a call
     `interval_ms` after the last picture, the start and the end print one (SNIPPET's value
-    after WATCH_MARK)."""
+    after WATCH_MARK). The program runs by exec(), so its tracebacks count its own lines, and
+    its exception (SystemExit too) is printed after FAILED_MARK on every target alike."""
     body = "\n".join("    " + line for line in SNIPPET.strip().splitlines())
     return f"""
-import time, kmem
+import sys, time, kmem
 def _kmem_picture():
 {body}
     print({WATCH_MARK!r} + repr(result))
@@ -228,50 +232,74 @@ for _n in {CHANGERS!r}:
         setattr(kmem, _n, _kmem_watched(getattr(kmem, _n)))
         globals()[_n] = getattr(kmem, _n)
 _kmem_picture()
-{program}
+_kmem_failed = None
+try:
+    exec({program!r}, globals())
+except BaseException as e:
+    _kmem_failed = e
 _kmem_picture()
+if isinstance(_kmem_failed, SystemExit) and _kmem_failed.args and _kmem_failed.args[0]:
+    print({FAILED_MARK!r})
+    print("SystemExit: exit status %s" % (_kmem_failed.args[0],))
+elif _kmem_failed is not None and not isinstance(_kmem_failed, SystemExit):
+    print({FAILED_MARK!r})
+    sys.print_exception(_kmem_failed, sys.stdout)
 """
 
 
 def watch(target, program, on_picture, on_output, interval_ms=200, timeout=600):
     """Run `program` on `target` (after its prelude), calling on_picture(HeapPicture) for
-    each picture as it arrives and on_output(line) for the program's own output."""
+    each picture as it arrives and on_output(line) for the program's own output. Its
+    exception is raised here as a TargetError."""
+    failed = []
+
     def line(text):
-        if text.startswith(WATCH_MARK):
+        if failed or text == FAILED_MARK:
+            failed.append(text)
+        elif text.startswith(WATCH_MARK):
             on_picture(picture(ast.literal_eval(text[len(WATCH_MARK):])))
         else:
             on_output(text)
 
     script = target.prelude + watch_script(program, interval_ms)
     stream = _stream_unix if isinstance(target, targets.UnixTarget) else _stream_board
-    if err := stream(target, script, timeout, line):
-        raise targets.TargetError(*targets.parse_traceback(err), script=script)
+    ended = stream(target, script, timeout, line)
+    if err := "\n".join(failed[1:]) or ended:
+        raise targets.TargetError(*targets.parse_traceback(err), script=program)
 
 
 def _stream_unix(target, script, timeout, line):
-    """Run `script` on the unix port, line(text) for each line it prints: the error, if any."""
+    """Run `script` on the unix port, line(text) for each line it prints; "" or why it
+    ended otherwise than by finishing."""
     with tempfile.TemporaryDirectory(prefix="kmem-watch-") as tmp:
         Path(tmp, "watch.py").write_text(script)
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # its own session: a timeout or Ctrl-C kills it all
             [target.micropython or targets.find_micropython(), "-X",
              f"heapsize={target.profile['heap_size']}", "watch.py"],
             cwd=tmp, env=dict(os.environ, MICROPYPATH=target.kmem_path), text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        watchdog, seen = threading.Timer(timeout, proc.kill), []
-        watchdog.daemon = True  # should line() raise, nothing waits for it
-        with proc:
-            watchdog.start()
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        expired = threading.Event()
+
+        def kill():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        watchdog = threading.Timer(timeout, lambda: (expired.set(), kill()))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
             for text in proc.stdout:  # pyright: ignore[reportOptionalIterable]
-                if seen or targets.TRACEBACK_HEADER in text:
-                    seen.append(text)  # the uncaught exception: reported, not shown
-                else:
-                    line(text.rstrip("\n"))
-        if not watchdog.is_alive():  # it fired: the process was killed
-            raise targets.TargetTimeout(target.name, timeout, "".join(seen))
-        watchdog.cancel()
-    if proc.returncode:
-        return "".join(seen) or f"SystemExit: exit status {proc.returncode}"
-    return ""
+                line(text.rstrip("\n"))
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                kill()
+            proc.wait()
+            proc.stdout.close()  # pyright: ignore[reportOptionalMemberAccess]
+    if expired.is_set():
+        raise targets.TargetTimeout(target.name, timeout)
+    return f"Crash: exit status {proc.returncode}" if proc.returncode else ""
 
 
 def _stream_board(target, script, timeout, line):

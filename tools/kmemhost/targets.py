@@ -779,14 +779,15 @@ class VirtualBoardSerial(LocalBoard):
 
     def _start(self):
         from .vboard import VirtualBoard
-        if self.flash_dir is None:
-            self.flash_dir = tempfile.mkdtemp(prefix=f"kmem-vboard-{self.profile['name']}-")
+        if self.flash_dir is None:  # in a directory of its own, with its .lock beside it
+            self.flash_dir = os.path.join(
+                tempfile.mkdtemp(prefix=f"kmem-vboard-{self.profile['name']}-"), "flash")
         vboard = VirtualBoard(self.profile["name"], self.flash_dir)
         return vboard, vboard.start()
 
     def remove_flash(self):
         if self.flash_dir:
-            shutil.rmtree(self.flash_dir, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(self.flash_dir), ignore_errors=True)
             self.flash_dir = None
 
 
