@@ -17,6 +17,7 @@ fire): the vboard sends SIGINT itself when /proc/PID/status shows it caught; oth
 Ctrl-C is a byte. Not emulated: hard reset, flash size, file sizes in `ls`, boot.py's stdin.
 """
 import argparse
+import contextlib
 import fcntl
 import os
 import pty
@@ -137,14 +138,25 @@ def _open_pty():
 
 
 def _reap(proc, timeout, terminate=True):
-    """Wait for `proc` (after a SIGTERM if `terminate`), SIGKILL it if it lingers; its return code."""
+    """Wait for `proc` (after a SIGTERM if `terminate`), SIGKILL it if it lingers; its return
+    code (None if even SIGKILL did not end it in time). A process leading its own group (an
+    interpreter) is signalled with its group, so what it started goes too."""
+    def signal_it(sig):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
     if terminate:
-        proc.terminate()
+        signal_it(signal.SIGTERM)
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_it(signal.SIGKILL)
+    try:
         return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _until(buf, marker):
