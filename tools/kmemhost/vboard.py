@@ -225,7 +225,7 @@ class _Interpreter:
         """Reap it, then close its pty; its return code."""
         code = _reap(self.proc, KILL_TIMEOUT, terminate)
         os.close(self.fd)
-        return code
+        return -signal.SIGKILL if code is None else code  # None: SIGKILL sent, not yet reaped
 
 
 class VirtualBoard:
