@@ -4,14 +4,10 @@ The block list is read from the target in one round trip (kmem.tlsf.blocks: the 
 check() makes) and drawn here: a cell per slice of the arena, coloured by the kind that
 holds most of its bytes (as the board's own heap_map() does), a legend and the figures."""
 import ast
-import contextlib
-import os
-import signal
 import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import targets
 
@@ -272,20 +268,9 @@ def _stream_unix(target, script, timeout, line):
     """Run `script` on the unix port, line(text) for each line it prints; "" or why it
     ended otherwise than by finishing."""
     with tempfile.TemporaryDirectory(prefix="kmem-watch-") as tmp:
-        Path(tmp, "watch.py").write_text(script)
-        proc = subprocess.Popen(  # its own session: a timeout or Ctrl-C kills it all
-            [target.micropython or targets.find_micropython(), "-X",
-             f"heapsize={target.profile['heap_size']}", "watch.py"],
-            cwd=tmp, env=dict(os.environ, MICROPYPATH=target.kmem_path), text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        proc = target.spawn(script, tmp, stderr=subprocess.STDOUT)
         expired = threading.Event()
-
-        def kill():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-        watchdog = threading.Timer(timeout, lambda: (expired.set(), kill()))
+        watchdog = threading.Timer(timeout, lambda: (expired.set(), target.kill(proc)))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -294,7 +279,7 @@ def _stream_unix(target, script, timeout, line):
         finally:
             watchdog.cancel()
             if proc.poll() is None:
-                kill()
+                target.kill(proc)
             proc.wait()
             proc.stdout.close()  # pyright: ignore[reportOptionalMemberAccess]
     if expired.is_set():

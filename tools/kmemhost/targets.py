@@ -163,21 +163,28 @@ class UnixTarget(Target):
         self.mpy_dir = str(self.mpy_dir or build.build_kmem(build.host_arch()))
         return self.mpy_dir
 
-    def _run(self, script, timeout):
+    def spawn(self, script, tmp, stderr=subprocess.PIPE):
+        """The unix port running `script` (written into the directory `tmp`), its output on
+        pipes; in its own session, so that kill() ends it with any wrapper around it."""
         self.micropython = self.micropython or find_micropython()
+        Path(tmp, "snippet.py").write_text(script)
+        return subprocess.Popen(
+            [self.micropython, "-X", f"heapsize={self.profile['heap_size']}", "snippet.py"],
+            cwd=tmp, env=dict(os.environ, MICROPYPATH=self.kmem_path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+
+    @staticmethod
+    def kill(proc):
+        with contextlib.suppress(ProcessLookupError):  # it finished just then
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def _run(self, script, timeout):
         with tempfile.TemporaryDirectory(prefix="kmem-snippet-") as tmp:
-            Path(tmp, "snippet.py").write_text(script)
-            # Own session so a timeout kills the whole process group, wrappers included.
-            proc = subprocess.Popen(
-                [self.micropython, "-X", f"heapsize={self.profile['heap_size']}", "snippet.py"],
-                cwd=tmp, env=dict(os.environ, MICROPYPATH=self.kmem_path),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, start_new_session=True)
+            proc = self.spawn(script, tmp)
             try:
                 out, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):  # it finished just then
-                    os.killpg(proc.pid, signal.SIGKILL)
+                self.kill(proc)
                 out, _ = proc.communicate()
                 raise TargetTimeout(self.name, timeout, out) from None
         if proc.returncode == 0:
