@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import time
+import tty
 
 import pytest
 from PIL import Image
@@ -233,6 +234,9 @@ def test_kmemctl_bench_measures_and_writes_its_json(on_target, tmp_path):
 
 def test_kmemctl_repl_gives_a_repl_with_kmem(on_target):
     master, slave = pty.openpty()
+    # Raw from the start: mpremote prints its banner before it makes the terminal raw, and a
+    # \r typed in between would reach the board as \n, which its REPL ignores.
+    tty.setraw(slave)
     proc = subprocess.Popen([sys.executable, "-m", "kmemhost", "repl",
                              *on_target.opts], stdin=slave, stdout=slave,
                             stderr=slave, cwd=ROOT,
