@@ -110,3 +110,67 @@ def test_a_bad_width_is_a_value_error(target, call):
 def test_mm_map_of_something_else_is_refused(target):
     got = run(target, "p = kmalloc(32)\nresult = raised(mm_map, p)")
     assert got[0] == "ValueError" and "is a kmalloc block, not an mm_struct" in got[1]
+
+
+def test_watch_shows_the_heap_after_each_call_that_changes_it_until_unwatch(target):
+    got = run(target, """
+        import kmem
+        shown = []
+        init(4096)
+        watch(0, lambda: shown.append((stats()['live_blocks'], kmalloc is kmem.kmalloc)))
+        p = kmalloc(100)           # the name `from kmem import *` bound here, rebound
+        q = kmem.kzalloc(40)
+        ksize(p)                   # reads only: no picture
+        kfree(p)
+        m = mm_create()
+        mmap_region(m, 0x10000, 0x1000, VM_READ)
+        during = len(shown)
+        unwatch()
+        kfree(q)
+        result = {'shown': shown, 'during': during, 'after': len(shown),
+                  'restored': kmalloc is kmem.kmalloc and kmalloc.__class__ is not
+                  watch.__class__}
+    """)
+    assert got["shown"] == [(1, True), (2, True), (1, True), (2, True), (3, True)]
+    assert got["during"] == got["after"] == 5  # nothing after unwatch()
+    assert got["restored"] is True
+
+
+def test_watch_shows_at_most_once_per_interval(target):
+    got = run(target, """
+        shown = []
+        watch(60000, lambda: shown.append(1))
+        for i in range(20):
+            kfree(kmalloc(16))
+        unwatch()
+        result = len(shown)
+    """)
+    assert got == 0  # the first minute has not passed
+
+
+def test_watch_prints_heap_map_by_default(target):
+    lines = output(target, """
+        init(2048)
+        watch()
+        p = kmalloc(64)
+        unwatch()
+        kfree(p)
+    """)
+    assert lines[-2].startswith(". free  # kmalloc block")  # heap_map()'s key, figures
+    assert re.fullmatch(r"used \d+  free \d+  largest free \d+  free blocks 1  live blocks 1"
+                        r"  fragmentation 0\.00", lines[-1]), lines
+
+
+@pytest.mark.parametrize("call, error", [("watch(-1)", "ValueError"),
+                                         ("watch(1.5)", "ValueError"),
+                                         ("watch(0, 42)", "TypeError"),
+                                         ("watch(0, 0)", "TypeError")])
+def test_a_bad_watch_is_refused_and_changes_nothing(target, call, error):
+    got = run(target, """
+        import kmem
+        before = (layout(), kmem.kmalloc)
+        e = raised(lambda: %s)
+        kfree(kmalloc(8))
+        result = [e[0], e[1], before == (layout(), kmem.kmalloc)]
+    """ % call)
+    assert got[0] == error and got[1].startswith("watch: ") and got[2] is True

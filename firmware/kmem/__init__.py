@@ -135,14 +135,28 @@ def mm_dump(mm):
     return heap().mm_dump(mm)
 
 
-
-
 def heap_map(width=64):
     return heap().heap_map(width)
 
 
 def mm_map(mm, width=64):
     return heap().mm_map(mm, width)
+
+
+def watch(interval_ms=0, show=None):
+    """Call show() (default: print heap_map()) after each call that changes the heap
+    (kmalloc, kfree, mmap_region, init...: mapview.CHANGERS), at most once per
+    interval_ms, until unwatch(). The names are rebound in kmem and in __main__, where
+    `from kmem import *` put them, so a program needs no change. Its wrappers allocate:
+    for teaching and debugging, not for timing."""
+    from . import mapview
+    mapview.watch(__import__(__name__), heap_map if show is None else show, interval_ms)
+
+
+def unwatch():
+    """Stop watch(): kmem's own functions again, in kmem and in __main__."""
+    from . import mapview
+    mapview.unwatch(__import__(__name__))
 
 
 def view(ptr, n=None):
@@ -185,4 +199,5 @@ __all__ = (
     "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect", "find_vma",
     "brk", "access_ok", "vma_list", "mm_dump", "memset", "memcpy", "view",
     "addressof", "vma", "mm", "stats", "check", "walk", "debug", "heap_map", "mm_map",
+    "watch", "unwatch",
 )

@@ -1,5 +1,7 @@
 # kmem.mapview - pictures at the REPL: heap_map() draws the arena, mm_map() one address
-# space. Loaded on first use (import kmem does not need it); nothing here needs the host.
+# space, watch() draws again after each heap-changing call. Loaded on first use (import
+# kmem does not need it); nothing here needs the host.
+import time
 from micropython import const
 from . import tlsf
 from .structs import PAGE_SIZE
@@ -107,3 +109,49 @@ def mm_map(h, mm, width=64):
     for i, (s, e, f) in enumerate(areas):
         print("  %s %s" % (letters[i] if i < len(letters) else "*", maps_line(s, e, f)))
     print("(1 char = %d KiB)" % (piece // 1024))
+
+
+# watch(): kmem's heap-changing functions, wrapped, show the heap after each call.
+CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kernel_stack",
+            "free_kernel_stack", "mm_create", "mm_destroy", "mmap_region", "munmap",
+            "mprotect", "brk", "init")
+_originals = {}  # name: kmem's own function, while watch() is on
+
+
+def _wrapped(f, show, interval_ms, last):
+    def call(*args, **kwargs):
+        r = f(*args, **kwargs)
+        now = time.ticks_ms()
+        if time.ticks_diff(now, last[0]) >= interval_ms:
+            last[0] = now
+            show()
+        return r
+    return call
+
+
+def _rebind(kmem, values):
+    # In kmem and in __main__ (the REPL's or a script's names, from `from kmem import *`),
+    # wherever the name is still what kmem had.
+    import __main__  # pyright: ignore[reportMissingImports]  (MicroPython has it)
+    for name, new in values.items():
+        old = getattr(kmem, name)
+        setattr(kmem, name, new)
+        if getattr(__main__, name, None) is old:
+            setattr(__main__, name, new)
+
+
+def watch(kmem, show, interval_ms):
+    if not isinstance(interval_ms, int) or interval_ms < 0:
+        raise ValueError("watch: interval_ms must be an int >= 0, got %r" % (interval_ms,))
+    if not callable(show):
+        raise TypeError("watch: show must be callable, not %s" % type(show).__name__)
+    unwatch(kmem)
+    last = [time.ticks_ms()]
+    for name in CHANGERS:
+        _originals[name] = getattr(kmem, name)
+    _rebind(kmem, {name: _wrapped(f, show, interval_ms, last) for name, f in _originals.items()})
+
+
+def unwatch(kmem):
+    _rebind(kmem, _originals)
+    _originals.clear()

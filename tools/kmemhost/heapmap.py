@@ -197,42 +197,27 @@ def maps_line(s, e, f):
 
 WATCH_MARK = "\x1ekmem-map "
 FAILED_MARK = "\x1ekmem-failed"  # then the program's exception, as print_exception gives it
-CHANGERS = ("kmalloc", "kzalloc", "kcalloc", "krealloc", "kfree", "allocate_kernel_stack",
-            "free_kernel_stack", "mm_create", "mm_destroy", "mmap_region", "munmap", "mprotect",
-            "brk", "init")
 
 
 def watch_script(program, interval_ms):
-    """`program` with kmem's heap-changing calls wrapped (the program needs no change): a call
+    """`program` under kmem.watch() (the program needs no change): a heap-changing call
     `interval_ms` after the last picture, the start and the end print one (SNIPPET's value
     after WATCH_MARK). The program runs by exec(), so its tracebacks count its own lines, and
     its exception (SystemExit too) is printed after FAILED_MARK on every target alike."""
     body = "\n".join("    " + line for line in SNIPPET.strip().splitlines())
     return f"""
-import sys, time, kmem
+import sys, kmem
 def _kmem_picture():
 {body}
     print({WATCH_MARK!r} + repr(result))
-_kmem_last = [time.ticks_ms()]
-def _kmem_watched(f):
-    def call(*args, **kwargs):
-        r = f(*args, **kwargs)
-        now = time.ticks_ms()
-        if time.ticks_diff(now, _kmem_last[0]) >= {int(interval_ms)}:
-            _kmem_last[0] = now
-            _kmem_picture()
-        return r
-    return call
-for _n in {CHANGERS!r}:
-    if hasattr(kmem, _n):
-        setattr(kmem, _n, _kmem_watched(getattr(kmem, _n)))
-        globals()[_n] = getattr(kmem, _n)
 _kmem_picture()
+kmem.watch({int(interval_ms)}, _kmem_picture)
 _kmem_failed = None
 try:
     exec({program!r}, globals())
 except BaseException as e:
     _kmem_failed = e
+kmem.unwatch()
 _kmem_picture()
 if isinstance(_kmem_failed, SystemExit) and _kmem_failed.args and _kmem_failed.args[0]:
     print({FAILED_MARK!r})
