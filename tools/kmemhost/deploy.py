@@ -243,12 +243,13 @@ def _sync(board, d):
 def _ram(board, d):
     """kmem on a RAM filesystem at /ram: a read-only romfs image (vfs.VfsRom, ~ the files'
     size; .mpy bytecode runs in place) where the firmware has it, else a littlefs RAM disk
-    (~1.3x the files' size). RAM_FS forces one ("romfs" / "littlefs")."""
+    (each file's blocks and one more, plus littlefs's superblock and directory pairs and
+    room to compact them: 8 blocks). RAM_FS forces one ("romfs" / "littlefs")."""
     d.ram_fs = RAM_FS if RAM_FS != "auto" else \
         "romfs" if board.exec(_HAS_ROMFS).strip().endswith("True") else "littlefs"
     if d.ram_fs == "littlefs":
         blocks = sum(-(-len(data) // RAM_BLOCK) + 1 for data in d.files.values())
-        disk = _RAM_DISK.format(bs=RAM_BLOCK, blocks=int((blocks + 8) * 1.3) + 4)
+        disk = _RAM_DISK.format(bs=RAM_BLOCK, blocks=blocks + 8)
         board.exec(_REMOUNT.format(mount=RAM_MOUNT, make=disk, fs="vfs.VfsLfs2(__kmem_disk)"))
         return _sync(board, d)
     image = build.romfs_image(d.files)
