@@ -733,12 +733,17 @@ def _binder():
         @micropython.viper
         def kzalloc(nbytes) -> object:
             nonlocal box
-            if int(addr) == 0:  # no arena: the default heap before its first use, or a hardened one
+            ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
                 return owner.kzalloc(nbytes)
-            p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
-            a = ptr32(int(addr))
-            box = p
+            a = ptr32(ad)
+            box = nbytes  # as in kmalloc, which would name itself in the slow path's errors
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            n = ptr32(bx)[0]
+            if (n & 1) == 0 or (n >> 29) or ptr32(bx + a[_W_BOXTOP])[0]:
+                return owner._kmalloc_slow(nbytes, "kzalloc")  # not a small int 0 <= n < 2**28
+            p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
+            box = p
             w = ptr32(bx)[0]
             if w == a[_W_NONE]:
                 return p
@@ -747,8 +752,8 @@ def _binder():
             else:
                 off = (w >> 1) - a[_W_BASE]
             wd = off >> 2
-            end = (off + int(nbytes) + 3) >> 2  # kmalloc has checked nbytes; the block is
-            while wd < end:                     # granule-aligned, so whole words stay in it
+            end = (off + (n >> 1) + 3) >> 2  # the block is granule-aligned, so whole
+            while wd < end:                  # words stay in it
                 a[wd] = 0
                 wd += 1
             return p
