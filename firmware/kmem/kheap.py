@@ -275,10 +275,10 @@ class Heap:
             self._free(ptr, KIND_PLAIN, "kfree")  # raises ValueError, after the debug line
 
     def _corrupt(self, addr, what):
-        tlsf._corrupt(addr, what)
+        tlsf.fault(self.arena, self.base, addr, what)
 
     def _first_fit(self, need):
-        return tlsf.first_fit_at(self._addr, need)
+        return tlsf.first_fit_at(self._addr, need, self)
 
     def _big(self, ptr):
         return ptr  # boxed by the call: an address of 2**30 or more on a 32-bit port
