@@ -1,6 +1,9 @@
 """A damaged arena is reported, never followed outside it: the hot paths check every size
 and link they read (tlsf.blocks) and raise CorruptionError naming the block, before they
 write anything. The damage is done as a buggy program would: through a raw pointer."""
+import pytest
+
+from helpers import hex32, run
 
 POKE = """
 import uctypes
@@ -58,7 +61,8 @@ except CorruptionError:
 
 
 def test_a_free_list_link_out_of_the_arena_is_not_followed(target):
-    err, live, size = target.eval("(err, stats()['live_blocks'], ksize(p))", setup=POKE + """
+    err, live, size, q, to = target.eval(
+        "(err, stats()['live_blocks'], ksize(p), q, heap().base + 0x7FFFFFF0)", setup=POKE + """
 p = kmalloc(24); q = kmalloc(24); r = kmalloc(24)
 kfree(q)                           # q's block is now free; its next link is at q
 poke32(p, q - p, 0x7FFFFFF0)       # ...pointing far outside the arena
@@ -68,8 +72,88 @@ try:
 except CorruptionError as e:
     err = str(e)
 """)
-    assert err is not None and err.endswith("free list link is broken")
+    # Named at the block that holds the link (where the damage is), with where it points.
+    assert err == "block at %s: free list link is broken (points to %s)" % (
+        hex32(q - 4), hex32(to & 0xFFFFFFFF))
     assert (live, size) == (2, 28)  # checked before the first write: p is still live
+
+
+# Three free blocks of one class (256 and 264 bytes: list 2/0 with 8-byte granules), live
+# blocks between them and the rest of the arena taken, so that the list is first -> mid ->
+# last and a request of 264 bytes finds it by first fit only. junk: a link that would lead
+# out of the arena, into a bytearray of the program's, and aligned as a block is (so only
+# the bounds tell it from a real link).
+THREE_FREE = """
+import struct, uctypes
+from kmem import tlsf
+h = init(8192, hardened=HARDENED)
+T = 5 if HARDENED else 0  # a hardened block takes 5 bytes more than asked for
+M = 0xFFFFFFFF
+secret = tlsf.load32(h.arena, 32 * 4)  # links are stored XOR it (0 unless hardened)
+first = kmalloc(252 - T); l1 = kmalloc(8)
+mid = kmalloc(252 - T); l2 = kmalloc(8)
+last = kmalloc(260 - T); l3 = kmalloc(8)
+rest = kmalloc(stats()['largest_free'] - T)
+kfree(last); kfree(mid); kfree(first)  # each becomes the head of the list
+def next_of(p):
+    return tlsf.load32(h.arena, p - h.base) ^ secret
+shape = (stats()['free_blocks'], next_of(first) + h.base == mid - 4,
+         next_of(mid) + h.base == last - 4)
+outside = bytearray(64)
+junk = ((uctypes.addressof(outside) - h._addr + 15) & ~7) - 4 & M
+def attempt(f, *args):
+    try:
+        f(*args)
+        return 'no error'
+    except CorruptionError as e:
+        return str(e)
+"""
+
+
+@pytest.mark.parametrize("to", ["outside", "live block"])
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_a_bad_link_in_the_middle_of_a_free_list_is_named_at_the_block_that_holds_it(
+        target, hardened, to):
+    # Whichever path meets it (a walk that reads it, an unlink of its holder or of the block
+    # it should point to, check()), the same message: the holder, and where the link points
+    # (out of the arena, or in it but to a live block).
+    r = run(target, "HARDENED = %r\nTO = %r" % (hardened, to), THREE_FREE, """
+if TO == 'live block':
+    junk = l2 - 4 - h.base
+struct.pack_into('<I', h.arena, mid - h.base, junk ^ secret)  # mid's next link
+before = bytes(h.arena)
+errs = dict(
+    kmalloc=attempt(kmalloc, 260 - T),  # first fit: first and mid are too small, then junk
+    kfree_next=attempt(kfree, l1),      # merges with mid: unlinks it
+    kfree_prev=attempt(kfree, l3),      # merges with last, whose prev is mid
+    krealloc=attempt(krealloc, l2, 100),  # grows into last
+    check=attempt(check))
+result = dict(shape=shape, errs=errs, same=h.arena == before, outside=outside == bytearray(64),
+              mid=mid - 4, to=(h.base + junk) & M)
+""")
+    assert r["shape"] == (3, True, True)
+    assert r["errs"] == dict.fromkeys(r["errs"], "block at %s: free list link is broken "
+                                      "(points to %s)" % (hex32(r["mid"]), hex32(r["to"])))
+    assert r["same"] is True and r["outside"] is True  # nothing written, in or out of the arena
+
+
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_a_bad_free_list_head_is_named_at_the_head(target, hardened):
+    r = run(target, "HARDENED = %r" % hardened, THREE_FREE, """
+head = (tlsf.load32(h.arena, 14 * 4) + 2 * 16) * 4  # list 2/0's head word (stored plainly)
+struct.pack_into('<I', h.arena, head, junk)
+before = bytes(h.arena)
+errs = dict(
+    kmalloc=attempt(kmalloc, 252 - T),     # good fit: the list's head
+    first_fit=attempt(kmalloc, 260 - T),   # first fit: the list from its head
+    kfree=attempt(kfree, l1),              # unlinks first, which heads the list by its links
+    check=attempt(check))
+result = dict(errs=errs, same=h.arena == before, outside=outside == bytearray(64),
+              head=h.base + head, to=(h.base + junk) & M)
+""")
+    assert r["errs"] == dict.fromkeys(r["errs"], "free list 2/0 is broken: its head at %s "
+                                      "points to %s" % (hex32(r["head"]), hex32(r["to"])))
+    assert r["same"] is True and r["outside"] is True
 
 
 def test_a_damaged_header_of_a_live_block_is_reported_by_kfree(target):

@@ -10,6 +10,12 @@ def rejected(calls):
     before = stats()
     got = dict((name, raised(*call)) for name, call in calls.items())
     return dict(got=got, unchanged=stats() == before, ok=check())
+
+def unnamed(got):
+    # The calls ({"f(args)": raised}) whose message does not start with "f: ", the name of
+    # the call made (kzalloc, say, and not the kmalloc it calls).
+    return sorted(name for name, g in got.items()
+                  if g and not g[1].startswith(name[:name.index('(')] + ': '))
 '''
 
 
@@ -25,8 +31,10 @@ def test_non_int_sizes_raise_type_error(target, half):
         calls = {
             "kmalloc('12')": (kmalloc, '12'), 'kmalloc(12.0)': (kmalloc, 12.0),
             'kmalloc(None)': (kmalloc, None), 'kzalloc(1.5)': (kzalloc, 1.5),
+            "kzalloc('8')": (kzalloc, '8'), 'kzalloc(None)': (kzalloc, None),
             "kcalloc('2', 4)": (kcalloc, '2', 4), 'kcalloc(2, 4.0)': (kcalloc, 2, 4.0),
-            "krealloc(p, '8')": (krealloc, p, '8'),
+            "krealloc(p, '8')": (krealloc, p, '8'), "krealloc(None, '8')": (krealloc, None, '8'),
+            'krealloc(0, 8.0)': (krealloc, 0, 8.0),
             'allocate_kernel_stack(4096.0)': (allocate_kernel_stack, 4096.0),
             "memset(p, 0, '4')": (memset, p, 0, '4'), "memset(p, 'a', 4)": (memset, p, 'a', 4),
             'memcpy(p, p, 1.0)': (memcpy, p, p, 1.0), "view(p, '4')": (view, p, '4'),
@@ -41,11 +49,13 @@ def test_non_int_sizes_raise_type_error(target, half):
         }
         names = sorted(calls)[HALF::2]
         result = rejected(dict((n, calls[n]) for n in names))
+        result['unnamed'] = unnamed(result['got'])
         calls = None
         for name in result['got']:  # the types only: a short answer (a small heap)
             result['got'][name] = result['got'][name] and result['got'][name][:1]
     ''')
     assert exception_types(r) == dict.fromkeys(r["got"], "TypeError")
+    assert r["unnamed"] == []
     assert r["unchanged"] is True
     assert r["ok"] is True
 
@@ -64,19 +74,25 @@ def test_non_int_pointers_raise_type_error(target):
             "mmap_region('m', 0, 4096, 1)": (mmap_region, 'm', 0, 4096, 1),
             "mm_dump('m')": (mm_dump, 'm'), "addressof('p')": (addressof, 'p'),
         })
+        result['unnamed'] = unnamed(result['got'])
     ''')
     assert exception_types(r) == dict.fromkeys(r["got"], "TypeError")
+    assert r["unnamed"] == []
     assert r["unchanged"] is True
     assert r["ok"] is True
 
 
-def test_negative_sizes_raise_value_error(target):
-    r = run(target, REJECTED, '''
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_negative_sizes_raise_value_error(target, hardened):
+    # (A hardened heap's kzalloc and krealloc are Python around the hot paths: named too.)
+    r = run(target, REJECTED, "if %r:\n    init(8192, hardened=True)" % hardened, '''
         p = kmalloc(16)
         q = kmalloc(16)
         m = mm_create()
         result = rejected({
             'kmalloc(-1)': (kmalloc, -1), 'kzalloc(-8)': (kzalloc, -8),
+            'kzalloc(-1)': (kzalloc, -1), 'krealloc(None, -1)': (krealloc, None, -1),
+            'krealloc(0, -8)': (krealloc, 0, -8),
             'kcalloc(-1, 4)': (kcalloc, -1, 4), 'kcalloc(4, -1)': (kcalloc, 4, -1),
             'krealloc(p, -1)': (krealloc, p, -1),
             'allocate_kernel_stack(-4096)': (allocate_kernel_stack, -4096),
@@ -86,8 +102,10 @@ def test_negative_sizes_raise_value_error(target):
             'munmap(m, 0x1000, -1)': (munmap, m, 0x1000, -1),
             'mprotect(m, 0x1000, -1, 1)': (mprotect, m, 0x1000, -1, 1),
         })
+        result['unnamed'] = unnamed(result['got'])
     ''')
     assert exception_types(r) == dict.fromkeys(r["got"], "ValueError")
+    assert r["unnamed"] == []
     assert r["unchanged"] is True
     assert r["ok"] is True
 
@@ -163,6 +181,8 @@ def test_messages_name_the_problem(target):
         result = dict(
             negative=message(kfree, -1), bool_ptr=message(kfree, True),
             float_ptr=message(ksize, 1.5), bool_size=message(kmalloc, True),
+            kzalloc_negative=message(kzalloc, -1), kzalloc_str=message(kzalloc, '8'),
+            krealloc_null=message(krealloc, None, -1),
             vm_wrong_kind=message(mmap_region, p, 0x8000, 0x1000, VM_READ),
             free_wrong_kind=message(mm_destroy, s), vma_of_block=message(vma, p),
             mm_of_stack=message(mm, s), negative_flags=message(mmap_region, m, 0x8000, 0x1000, -1),
@@ -173,6 +193,10 @@ def test_messages_name_the_problem(target):
     assert r["bool_ptr"] == "kfree: pointer must be an int or None, not bool"
     assert r["float_ptr"] == "ksize: pointer must be an int or None, not float"
     assert r["bool_size"] == "kmalloc: size must be an int, not bool"
+    # The call made, not the kmalloc it calls.
+    assert r["kzalloc_negative"] == "kzalloc: size must be >= 0, got -1"
+    assert r["kzalloc_str"] == "kzalloc: size must be an int, not str"
+    assert r["krealloc_null"] == "krealloc: size must be >= 0, got -1"
     assert r["vm_wrong_kind"] == "mmap_region: %s is a kmalloc block, not an mm_struct" % hex32(p)
     assert r["free_wrong_kind"] == "mm_destroy: %s is a kernel stack; free it with " \
         "free_kernel_stack()" % hex32(s)

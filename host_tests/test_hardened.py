@@ -86,12 +86,14 @@ secret = tlsf.load32(h.arena, 32 * 4)
 stored = tlsf.load32(h.arena, off(ps[3]))        # ps[3]'s next link, as stored
 tlsf.store32(h.arena, off(ps[3]), off(ps[1]) - 4)  # a plain offset, as a forger writes it
 result = (secret != 0, stored ^ secret == off(ps[1]) - 4, caught(check),
-          caught(lambda: [kmalloc(64) for i in range(3)]))
+          caught(lambda: [kmalloc(64) for i in range(3)]),
+          hex(ps[3] - 4), hex(h.base + ((off(ps[1]) - 4) ^ secret) & 0xFFFFFFFF))
 """)
-    nonzero, decodes, on_check, on_alloc = got
+    nonzero, decodes, on_check, on_alloc, holder, to = got
     assert nonzero and decodes
-    assert on_check == "free list 0/10 is broken" or on_check.startswith("block at")
-    assert on_alloc is not None and on_alloc.endswith("free list link is broken")
+    # The forged link decodes to no block: named at ps[3], which holds it, on every path.
+    assert on_check == on_alloc == "block at 0x%08x: free list link is broken (points to " \
+        "0x%08x)" % (int(holder, 16), int(to, 16))
 
 
 def test_a_default_heap_stores_its_links_plainly(target):

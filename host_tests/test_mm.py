@@ -140,7 +140,7 @@ def test_mm_destroy_of_null_is_a_no_op(target):
 
 def test_mm_create_returns_none_when_the_heap_is_full(target):
     m, before, after, ok = run(target, '''
-        hog = fill(8)
+        hog = fill(1024) + fill(8)  # big blocks first: a short list, for a small board's heap
         before = layout()
         m = mm_create()
         result = (m, before, layout(), check())

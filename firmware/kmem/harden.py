@@ -179,6 +179,8 @@ class Guard:
         return p
 
     def kzalloc(self, size):
+        if type(size) is not int or size < 0:
+            return self.h._kmalloc_slow(size, "kzalloc")  # raises, naming kzalloc
         p = self.kmalloc(size)
         if p is not None:
             tlsf.fill(self.h.arena, p - self.h.base, 0, size)

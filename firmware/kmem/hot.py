@@ -61,6 +61,7 @@ _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
 _BAD_MAP = const(5)
 _BAD_POISON = const(6)
+_BAD_HEAD = const(7)  # a free-list head (_BAD_LINK: a link of the block reported)
 #@end
 
 _CORRUPT = ("free list link is broken", "free block header or boundary tag overwritten",
@@ -74,15 +75,19 @@ class CorruptionError(Exception):
 
 
 def _corrupt(addr, what):
-    # Out of line: only reached when the arena is damaged.
+    # Out of line: only reached when the arena is damaged. (A Heap reports a bad free-list
+    # link with tlsf.fault instead: at the link's holder, and where it points.)
+    if what == _BAD_HEAD:  # addr: a list head's word
+        raise CorruptionError("free list head at 0x%08x is broken" % (addr & 0xFFFFFFFF))
     raise CorruptionError("block at 0x%08x: %s" % (addr & 0xFFFFFFFF, _CORRUPT[what]))
 
 
 @micropython.viper
-def _first_fit_at(addr: int, size: int) -> int:
+def _first_fit_at(addr: int, size: int, owner) -> int:
     # Fallback when good fit fails: the request's own class may still hold a block that is
     # big enough (the good-fit search skips it by rounding up). The walk is bounded by the
-    # number of free blocks and checks each link before following it.
+    # number of free blocks and checks each link before following it; a bad one is
+    # reported to owner (the Heap) at its holder: the list head, then the block before.
     a = ptr32(addr)
     gs = a[_W_GSHIFT]
     gm = (1 << gs) - 1
@@ -103,19 +108,24 @@ def _first_fit_at(addr: int, size: int) -> int:
     #@end
     if (li >> 4) >= a[_W_FLCOUNT]:
         return 0
-    b = a[a[_W_HEADS] + li]
+    at = (a[_W_HEADS] + li) * 4  # where link b was read
+    what = _BAD_HEAD
+    b = a[at >> 2]
     left = a[_W_NFREE]
     while b:
-        #@use check_link(b, b)
+        #@use check_link(b, at, what)
         if b:
             if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & gm:
-                owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                owner._corrupt(a[_W_BASE] + at, what)
         #@end
-        if left <= 0:
-            owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+        h = a[b >> 2]
+        if left <= 0 or (h & _FREE) == 0:  # more blocks than are free (a loop), or a live one
+            owner._corrupt(a[_W_BASE] + at, what)
         left -= 1
-        if (a[b >> 2] & _SIZE_MASK) >= size:
+        if (h & _SIZE_MASK) >= size:
             return b
+        at = b
+        what = _BAD_LINK
         b = a[(b >> 2) + 1] ^ sk
     return 0
 
@@ -219,7 +229,7 @@ _ret = 0  # memset and memcpy compare their arguments' identity through this glo
 
 class owner:
     """What the block helpers report corruption to, `owner._corrupt(...)`, outside bind():
-    inside, owner is the Heap."""
+    inside, owner is the Heap (and _first_fit_at is given it)."""
     _corrupt = staticmethod(_corrupt)
 
 
@@ -327,10 +337,10 @@ def _binder():
                     co_t = ptr8(a)[_W_CTZ * 4 + ((fl_x * 0x077CB531) >> 27 & 31)]
                     li = ((co_t - gs - 3) << 4) | ((need >> (co_t - 4)) & 15)
                 #@end
-            #@use check_link(b, b)
+            #@use check_link(b, (a[_W_HEADS] + li) * 4, _BAD_HEAD)
             if b:
                 if b < a[_W_FIRST] or b >= a[_W_END] or (b + 4) & gm:
-                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                    owner._corrupt(a[_W_BASE] + ((a[_W_HEADS] + li) * 4), _BAD_HEAD)
             #@end
             #@use free_size(size, b)
             fs_h = a[b >> 2]
@@ -369,7 +379,7 @@ def _binder():
                 hc_head = a[a[_W_HEADS] + hc_li]
                 if hc_head:
                     if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
-                        owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                        owner._corrupt(a[_W_BASE] + ((a[_W_HEADS] + hc_li) * 4), _BAD_HEAD)
                 #@end
             #@use unlink_from(b, li)
             # unlink when b's list is known (kmalloc took b from list li).
@@ -413,7 +423,7 @@ def _binder():
                 ln_nxt = a[ln_head]
                 if ln_nxt:
                     if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
-                        owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
+                        owner._corrupt(a[_W_BASE] + (ln_head * 4), _BAD_HEAD)
                 a[(r >> 2) + 1] = ln_nxt ^ sk
                 a[(r >> 2) + 2] = sk  # 0, the list's start
                 if ln_nxt:
@@ -573,7 +583,7 @@ def _binder():
             hc_head = a[a[_W_HEADS] + hc_li]
             if hc_head:
                 if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
-                    owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                    owner._corrupt(a[_W_BASE] + ((a[_W_HEADS] + hc_li) * 4), _BAD_HEAD)
             #@end
             if nsize:
                 #@use unlink(nb, nsize)
@@ -683,7 +693,7 @@ def _binder():
             ln_nxt = a[ln_head]
             if ln_nxt:
                 if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
-                    owner._corrupt(a[_W_BASE] + b, _BAD_LINK)
+                    owner._corrupt(a[_W_BASE] + (ln_head * 4), _BAD_HEAD)
             a[(b >> 2) + 1] = ln_nxt ^ sk
             a[(b >> 2) + 2] = sk  # 0, the list's start
             if ln_nxt:
@@ -733,12 +743,17 @@ def _binder():
         @micropython.viper
         def kzalloc(nbytes) -> object:
             nonlocal box
-            if int(addr) == 0:  # no arena: the default heap before its first use, or a hardened one
+            ad = int(addr)
+            if ad == 0:  # no arena: the default heap before its first use, or a hardened one
                 return owner.kzalloc(nbytes)
-            p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
-            a = ptr32(int(addr))
-            box = p
+            a = ptr32(ad)
+            box = nbytes  # as in kmalloc, which would name itself in the slow path's errors
             bx = a[_W_BOX] + (a[_W_BOXHI] << 16 << 16)
+            n = ptr32(bx)[0]
+            if (n & 1) == 0 or (n >> 29) or ptr32(bx + a[_W_BOXTOP])[0]:
+                return owner._kmalloc_slow(nbytes, "kzalloc")  # not a small int 0 <= n < 2**28
+            p = kmalloc(nbytes)  # one call: zeroing the block costs more than it
+            box = p
             w = ptr32(bx)[0]
             if w == a[_W_NONE]:
                 return p
@@ -747,8 +762,8 @@ def _binder():
             else:
                 off = (w >> 1) - a[_W_BASE]
             wd = off >> 2
-            end = (off + int(nbytes) + 3) >> 2  # kmalloc has checked nbytes; the block is
-            while wd < end:                     # granule-aligned, so whole words stay in it
+            end = (off + (n >> 1) + 3) >> 2  # the block is granule-aligned, so whole
+            while wd < end:                  # words stay in it
                 a[wd] = 0
                 wd += 1
             return p
@@ -866,7 +881,7 @@ def _binder():
                 hc_head = a[a[_W_HEADS] + hc_li]
                 if hc_head:
                     if hc_head < a[_W_FIRST] or hc_head >= a[_W_END] or (hc_head + 4) & gm:
-                        owner._corrupt(a[_W_BASE] + hc_head, _BAD_LINK)
+                        owner._corrupt(a[_W_BASE] + ((a[_W_HEADS] + hc_li) * 4), _BAD_HEAD)
                 #@end
             elif nsize == 0:
                 return ptr  # it fits, and too little would be left to split off
@@ -926,7 +941,7 @@ def _binder():
                 ln_nxt = a[ln_head]
                 if ln_nxt:
                     if ln_nxt < a[_W_FIRST] or ln_nxt >= a[_W_END] or (ln_nxt + 4) & gm:
-                        owner._corrupt(a[_W_BASE] + r, _BAD_LINK)
+                        owner._corrupt(a[_W_BASE] + (ln_head * 4), _BAD_HEAD)
                 a[(r >> 2) + 1] = ln_nxt ^ sk
                 a[(r >> 2) + 2] = sk  # 0, the list's start
                 if ln_nxt:

@@ -244,9 +244,10 @@ class Heap:
 
     # ---- the hot paths' out-of-line parts (tlsf.bind) ---------------------------------
 
-    def _kmalloc_slow(self, size):
-        # Not an int, negative, a bool, or too big for any arena (counted as a failure).
-        _need_size(size, "kmalloc")
+    def _kmalloc_slow(self, size, fn="kmalloc"):
+        # Not an int, negative, a bool, or too big for any arena (counted as a failure);
+        # fn: the call made (kzalloc's hot path comes here too).
+        _need_size(size, fn)
         if size < self.size:  # a small int the hot path did not recognise: its box words
             raise CorruptionError("arena control block overwritten (box words)")
         tlsf.count_failure(self.arena)
@@ -274,10 +275,10 @@ class Heap:
             self._free(ptr, KIND_PLAIN, "kfree")  # raises ValueError, after the debug line
 
     def _corrupt(self, addr, what):
-        tlsf._corrupt(addr, what)
+        tlsf.fault(self.arena, self.base, addr, what)
 
     def _first_fit(self, need):
-        return tlsf.first_fit_at(self._addr, need)
+        return tlsf.first_fit_at(self._addr, need, self)
 
     def _big(self, ptr):
         return ptr  # boxed by the call: an address of 2**30 or more on a 32-bit port
@@ -306,9 +307,9 @@ class Heap:
     def _krealloc_slow(self, ptr, size):
         # krealloc of NULL, to size 0, of a big int, or with a bad argument (C realloc
         # semantics); self: a live kmalloc block and a size it may fit, the hot path goes on.
+        _need_size(size, "krealloc")  # first: krealloc(NULL, size) is still krealloc's
         if _is_null(ptr):
             return self.kmalloc(size)
-        _need_size(size, "krealloc")
         self._offset(ptr, "krealloc")  # TypeError for a non-int
         self._expect(ptr, KIND_PLAIN, "krealloc")
         if size == 0:

@@ -116,6 +116,7 @@ _BAD_NEXT = const(3)
 _BAD_TAG = const(4)
 _BAD_MAP = const(5)
 _BAD_POISON = const(6)
+_BAD_HEAD = const(7)  # a free-list head (_BAD_LINK: a link of the block reported)
 #@end
 
 # ---- bit helpers (set-up and introspection: plain Python) -------------------
@@ -322,6 +323,24 @@ def blocks(arena):
         b += size
 
 
+# ---- reports of a damaged free list (out of line: only a damaged arena gets here) -----
+
+def fault(arena, base, addr, what, loop=True):
+    """Raise the CorruptionError for a fault found at kernel address addr (a Heap's
+    _corrupt, and check()). A bad free-list link (_BAD_LINK, _BAD_HEAD) is named at its
+    holder, with where it points (linkfault.py); with loop False, this returns if the
+    links of the block at addr agree."""
+    if what == _BAD_LINK or what == _BAD_HEAD:
+        try:
+            from .linkfault import name_link  # only now: nothing else needs it
+        except MemoryError:  # no room to look closer: the place the check found
+            _corrupt(addr, what)
+        name_link(arena, base, (addr - base) & 0xFFFFFFFF, what == _BAD_HEAD, loop,
+                  (_W_FIRST, _W_END, _W_GSHIFT, _W_HEADS, _W_FLCOUNT, _W_SECRET))
+    if loop:
+        _corrupt(addr, what)
+
+
 def check(arena, base, secret=0):
     """Walk the arena and verify every invariant above (secret: the links' secret);
     True or CorruptionError."""
@@ -406,18 +425,21 @@ def check(arena, base, secret=0):
             if bool(b) != bool(slmap >> sl & 1):
                 raise CorruptionError("second-level bitmap bit %d/%d is wrong" % (fl, sl))
             prev = 0
+            at, what = (heads + fl * 16 + sl) * 4, _BAD_HEAD  # where link b was read
             while b:
                 listed += 1
-                if listed > nfree or not first <= b < end:
-                    raise CorruptionError("free list %d/%d is broken" % (fl, sl))
-                hdr = load32(arena, b)
-                if not hdr & _FREE:
-                    fail(b, "on free list %d/%d but not free" % (fl, sl))
+                hdr = load32(arena, b) if first <= b < end else 0
+                if listed > nfree or not hdr & _FREE or (b + 4) % g:
+                    # No free block there (the walk above found the blocks sound): the link
+                    # is bad, reported at its holder as the hot paths report it.
+                    fault(arena, base, base + at, what)
                 if _class_of(gshift, hdr & _SIZE_MASK) != fl * 16 + sl:
                     fail(b, "on free list %d/%d, the wrong size class" % (fl, sl))
                 if load32(arena, b + 8) ^ secret != prev:
+                    fault(arena, base, base + b, _BAD_LINK, False)
                     fail(b, "back link of free list %d/%d is wrong" % (fl, sl))
                 prev, b = b, load32(arena, b + 4) ^ secret
+                at, what = prev, _BAD_LINK
     if listed != nfree:
         raise CorruptionError("%d free blocks, %d on free lists" % (nfree, listed))
     return True
