@@ -174,7 +174,7 @@ def test_ram_deploy_leaves_flash_alone_and_survives_soft_resets(board, monkeypat
     assert os.listdir(board.flash_dir) == []
     board.deployment = d       # as the harness does: a soft reset rebuilds the RAM disk
     board.soft_reset()
-    assert board.exec("import kmem\nkmem.init(1024)\nprint(kmem.__file__, "
+    assert board.exec("import kmem\nkmem.init(4096)\nprint(kmem.__file__, "
                       "kmem.kmalloc(12) is not None)") == "/ram/kmem/__init__.mpy True\n"
     assert os.listdir(board.flash_dir) == []
 
