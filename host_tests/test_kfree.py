@@ -191,14 +191,17 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
             seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
             return (seed >> 8) % n
 
+        init(8192)  # fills up (kmalloc says no) at ~80 live blocks: a dict a small board can grow
         baseline = layout()
         live = {}                            # address -> fill byte << 16 | size in use
         problems = []
+        full = 0                             # kmalloc calls the full arena refused
         for step in range(3000):
             op = rnd(10)
             if op < 5 or not live:           # allocate and fill
                 n = 1 + rnd(200)
                 p = kmalloc(n)
+                full += p is None
                 if p is not None:
                     if p in live:
                         problems.append(('handed out twice', step))
@@ -242,8 +245,9 @@ def test_random_workload_keeps_every_block_intact_and_leaks_nothing(target):
             if contents(p, n) != bytes([tag]) * n:
                 problems.append(('overwritten at the end', p))
             kfree(p)
-        result = dict(problems=problems, baseline=baseline, after=layout(), ok=check())
+        result = dict(problems=problems, baseline=baseline, after=layout(), ok=check(), full=full)
     ''', timeout=300)
     assert r["problems"] == []
+    assert r["full"] > 0  # the workload ran the arena full, not only half-empty
     assert r["after"] == r["baseline"]
     assert r["ok"] is True

@@ -13,6 +13,9 @@ KEY = ".#SMv="  # free, kmalloc block, kernel stack, mm_struct, vm_area_struct, 
 def test_heap_map_draws_each_kind_where_it_is_and_the_figures(target):
     lines = output(target, """
 from kmem import tlsf
+# What each byte belongs to, for the expected picture below; made first, while the
+# ESP32-sized heap still has 2 KB in one piece (no b'=' * size: no room for two copies).
+kinds = bytearray(2048)
 h = Heap(2048)  # small: the ESP32-sized heap has little room beside the prelude's
 ps = [h.kmalloc(60) for i in range(8)]
 for p in ps[::2]:
@@ -23,7 +26,6 @@ h.mmap_region(m, 0x10000, 0x1000, VM_READ)
 h.heap_map()
 # The expected picture, byte by byte: what each byte belongs to, then per 8-byte slice the
 # kind with the most bytes (a tie: the block, not the free space).
-kinds = bytearray(h.size)  # (no b'=' * size: a small board has no room for two copies)
 for i in range(h.size):
     kinds[i] = ord('=')
 for off, usable, kind, free in tlsf.blocks(h.arena):
