@@ -119,7 +119,9 @@ def test_watch_shows_the_heap_after_each_call_that_changes_it_until_unwatch(targ
         import kmem
         shown = []
         init(4096)
-        watch(0, lambda: shown.append((stats()['live_blocks'], kmalloc is kmem.kmalloc)))
+        own = kmalloc
+        watch(0, lambda: shown.append((stats()['live_blocks'], kmalloc is kmem.kmalloc
+                                       and kmalloc is not own)))
         p = kmalloc(100)           # the name `from kmem import *` bound here, rebound
         q = kmem.kzalloc(40)
         ksize(p)                   # reads only: no picture
@@ -130,8 +132,7 @@ def test_watch_shows_the_heap_after_each_call_that_changes_it_until_unwatch(targ
         unwatch()
         kfree(q)
         result = {'shown': shown, 'during': during, 'after': len(shown),
-                  'restored': kmalloc is kmem.kmalloc and kmalloc.__class__ is not
-                  watch.__class__}
+                  'restored': kmalloc is own and kmem.kmalloc is own}
     """)
     assert got["shown"] == [(1, True), (2, True), (1, True), (2, True), (3, True)]
     assert got["during"] == got["after"] == 5  # nothing after unwatch()
@@ -165,6 +166,7 @@ def test_watch_prints_heap_map_by_default(target):
 
 @pytest.mark.parametrize("call, error", [("watch(-1)", "ValueError"),
                                          ("watch(1.5)", "ValueError"),
+                                         ("watch(True)", "ValueError"),
                                          ("watch(0, 42)", "TypeError"),
                                          ("watch(0, 0)", "TypeError")])
 def test_a_bad_watch_is_refused_and_changes_nothing(target, call, error):

@@ -141,7 +141,7 @@ def _rebind(kmem, values):
 
 
 def watch(kmem, show, interval_ms):
-    if not isinstance(interval_ms, int) or interval_ms < 0:
+    if type(interval_ms) is not int or interval_ms < 0:  # (not a bool either)
         raise ValueError("watch: interval_ms must be an int >= 0, got %r" % (interval_ms,))
     if not callable(show):
         raise TypeError("watch: show must be callable, not %s" % type(show).__name__)
