@@ -25,7 +25,7 @@ $(STAMP): requirements.txt
 # host_only, set automatically) run only in the first.
 test: mpy-check $(STAMP)
 	$(PY) -m pytest --target unix:rpi_pico
-	$(PY) -m pytest --target unix:esp32_generic -m "not host_only"
+	$(PY) -m pytest --target unix:esp32_generic -m "not host_only" --heap-margin 2048
 	$(PY) -m pytest --target vboard:rpi_pico -m "not host_only"
 	$(MAKE) --no-print-directory test-qemu
 

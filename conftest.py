@@ -36,6 +36,10 @@ def pytest_addoption(parser):
                           "build/qemu/firmware-kmem.elf)")
     parser.addoption("--board", default=None,
                      help="board profile for port:/auto/id: targets whose USB VID:PID names none")
+    parser.addoption("--heap-margin", type=int, default=0, metavar="BYTES",
+                     help="keep BYTES of the board's MicroPython heap taken during every test "
+                          "(as a board's own objects would): the suite must not depend on the "
+                          "last free bytes or on where they lie")
 
 
 def target_options(config):

@@ -71,7 +71,12 @@ def target(request, kmem_mpy_dir, board_info):
                                     native=True, heap=0)
     if why:
         pytest.skip(why)
-    return _target(request, mpy_dir=kmem_mpy_dir)
+    t = _target(request, mpy_dir=kmem_mpy_dir)
+    margin = request.config.getoption("--heap-margin")
+    if margin:  # once per board reset: a test's later snippets keep the first one
+        t.prelude = (f"if '_heap_margin' not in globals():\n"
+                     f"    _heap_margin = bytearray({margin})\n") + t.prelude
+    return t
 
 
 @pytest.hookimpl(wrapper=True)

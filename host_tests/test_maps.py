@@ -13,9 +13,28 @@ KEY = ".#SMv="  # free, kmalloc block, kernel stack, mm_struct, vm_area_struct, 
 def test_heap_map_draws_each_kind_where_it_is_and_the_figures(target):
     lines = output(target, """
 from kmem import tlsf
-# What each byte belongs to, for the expected picture below; made first, while the
-# ESP32-sized heap still has 2 KB in one piece (no b'=' * size: no room for two copies).
+# The expected picture: what each byte belongs to, then per 8-byte slice the kind with the
+# most bytes (a tie: the block, not the free space). Its buffers are made first, while the
+# ESP32-sized heap still has 2 KB in one piece, and its loops are a function's: no new
+# global to grow the snippet's globals (which needs their whole table anew) once the heap
+# is in pieces.
 kinds = bytearray(2048)
+picture = bytearray(2048 // 8)
+def expected(h):
+    for i in range(h.size):
+        kinds[i] = ord('=')
+    for off, usable, kind, free in tlsf.blocks(h.arena):
+        for i in range(off - 4, off + usable):
+            kinds[i] = ord('.' if free else '#SMv'[kind])
+    for n in range(len(picture)):
+        most = -1
+        for c in b'.#SMv=':  # >=: a later kind wins a tie
+            k = 0
+            for i in range(8 * n, 8 * n + 8):
+                k += kinds[i] == c
+            if k >= most:
+                most, picture[n] = k, c
+    return picture.decode()
 h = Heap(2048)  # small: the ESP32-sized heap has little room beside the prelude's
 ps = [h.kmalloc(60) for i in range(8)]
 for p in ps[::2]:
@@ -24,21 +43,8 @@ s = h.allocate_kernel_stack(248)
 m = h.mm_create()
 h.mmap_region(m, 0x10000, 0x1000, VM_READ)
 h.heap_map()
-# The expected picture, byte by byte: what each byte belongs to, then per 8-byte slice the
-# kind with the most bytes (a tie: the block, not the free space).
-for i in range(h.size):
-    kinds[i] = ord('=')
-for off, usable, kind, free in tlsf.blocks(h.arena):
-    for i in range(off - 4, off + usable):
-        kinds[i] = ord('.' if free else '#SMv'[kind])
-order = '.#SMv='
-picture = ''
-for at in range(0, h.size, 8):
-    piece = kinds[at:at + 8]
-    picture += max(order, key=lambda c: (piece.count(c.encode()), order.index(c)))
-print(picture)
-st = h.stats()
-print(st['used'], st['free'], st['largest_free'], st['free_blocks'], st['live_blocks'])
+print(expected(h))
+print(*[h.stats()[k] for k in ('used', 'free', 'largest_free', 'free_blocks', 'live_blocks')])
 """)
     rows, key, figures, expected, truth = lines[:-4], lines[-4], lines[-3], lines[-2], lines[-1]
     assert len(rows) == 4  # 2048 bytes: rows of 64 chars of 8 bytes
