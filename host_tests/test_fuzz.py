@@ -57,7 +57,14 @@ PROFILES = {
 }
 HARDENED_SHARE = 4  # a hardened heap gets a quarter of the sequences (its calls are slower)
 TAIL = 5  # the bytes a hardened heap adds to each request (firmware/kmem/harden.py)
-SMALL_HEAP = 150000  # below this the board's MicroPython heap is too small (ESP32): skipped
+# A MicroPython heap below SMALL_HEAP (an ESP32's 110 KiB: ~30 KB free beside kmem and the
+# prelude's 32 KiB arena; a batch of 800 ops then ran out of it) gets its own arena of
+# SMALL_ARENA bytes (the prelude's is let go) and sequences of SMALL_LENGTHS ops, at most as
+# many as its kind's profile says or SMALL_EXAMPLES (for make test, for KMEM_FUZZ_LONG=1).
+SMALL_HEAP = 150000
+SMALL_ARENA = 16384
+SMALL_LENGTHS = (250, 350)
+SMALL_EXAMPLES = (100, 1000)
 
 # ---- ops: drawn as ints, decoded into tuples ------------------------------------------
 
@@ -261,6 +268,7 @@ def encode(ops):
 # i-th live mm, and says which it took, so that the host can follow. A board keeps it
 # defined between the batches of a test (see run_batch).
 RUNNER = """
+import gc
 import micropython
 from kmem import tlsf
 @micropython.viper
@@ -276,10 +284,12 @@ def _fuzz_addr(c):
 def fuzz_batch(OPS, hardened):
     try:  # a batch that failed may have left blocks behind: start afresh
         fresh = check() and not stats()['live_blocks'] and heap().hardened == hardened
+        fresh = fresh and heap().size == ARENA_SIZE  # (the prelude's may be bigger)
     except Exception:
         fresh = False
     if not fresh:
         init(ARENA_SIZE, hardened=hardened)
+        gc.collect()  # the old arena's bytearray is garbage now
     h = heap()
     A, base = h.arena, h.base
     def intact(p, n, byte):
@@ -398,6 +408,15 @@ def fuzz_batch(OPS, hardened):
 """
 
 
+def small_heap(target):
+    return (target.profile.get("heap_size") or 1 << 30) < SMALL_HEAP
+
+
+def fuzz_arena(target):
+    """The kmem arena the fuzz runs in (fuzz_batch makes it if the heap is another size)."""
+    return SMALL_ARENA if small_heap(target) else target.profile["arena_size"]
+
+
 def run_batch(target, ops, hardened=False):
     """Run the ops on the target in one round trip; the lines it printed.
 
@@ -416,7 +435,7 @@ def run_batch(target, ops, hardened=False):
                         "else: print('@@undefined')\n" % hardened)
         if not out.startswith("@@undefined"):
             return out.splitlines()
-    runner = RUNNER.replace("ARENA_SIZE", str(target.profile["arena_size"]))
+    runner = RUNNER.replace("ARENA_SIZE", str(fuzz_arena(target)))
     return bare.exec(target.prelude + runner + call
                      + "fuzz_batch(OPS, %r)\n" % hardened).splitlines()
 
@@ -572,14 +591,7 @@ def fuzz_count():
         print("  " + ", ".join("%s %d" % kv for kv in sorted(count["kinds"].items())))
 
 
-def skip_small_heaps(target):
-    if (target.profile.get("heap_size") or 1 << 30) < SMALL_HEAP:
-        pytest.skip("a sequence needs more MicroPython heap than this %d-byte profile leaves "
-                    "(fuzzed on the 192 KiB targets)" % target.profile["heap_size"])
-
-
 def check_against_the_models(target, ops, fuzz_count=None, hardened=False):
-    skip_small_heaps(target)
     lines = run_batch(target, ops, hardened)
     replay = Replay(TAIL if hardened else 0)
     for name, (op, line) in enumerate(zip(ops, lines)):
@@ -629,9 +641,10 @@ def shrink(target, ops, hardened=False):
 
 @pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
 def test_kmem_matches_its_models(target, fuzz_count, hardened):
-    skip_small_heaps(target)
     long = bool(os.environ.get("KMEM_FUZZ_LONG"))
     examples, shortest, longest = PROFILES.get(target.kind, PROFILES["port"])[long]
+    if small_heap(target):
+        examples, (shortest, longest) = min(examples, SMALL_EXAMPLES[long]), SMALL_LENGTHS
     examples = int(os.environ.get("KMEM_FUZZ_EXAMPLES", "0")) or examples
     if hardened:
         examples = max(1, examples // HARDENED_SHARE)
