@@ -15,19 +15,24 @@ The address-space model is vm_model.py (Linux vm-area semantics as kmem document
 every vm call's return value, or its exception class and errno, must be the model's, and
 after each batch every live mm's vma_list() must be the model's. Addresses come from a
 16-page grid (so overlaps, splits and merges are frequent) plus the edges of the 32-bit
-space, unaligned starts, zero and odd lengths. Whether a call that needs more
-vm_area_structs finds room is decided from the largest free block: certainly not below 16
-bytes, certainly yes with room for all of them, the target's answer in between (then only
-the all-or-nothing rule is checked).
+space, unaligned starts, zero and odd lengths; but 3/4 of the munmap and mprotect ranges
+are aimed at the areas the model says the mm has at that point (whole areas, parts of
+one, across the boundary to the next, across holes: decode_all follows the sequence with
+the model while decoding), so that most of them split, change and merge areas (about 60%
+of the mprotect calls succeed, against 20% for ranges drawn blind). Whether a call that
+needs more vm_area_structs finds room is decided from the largest free block: certainly
+not below 16 bytes, certainly yes with room for all of them, the target's answer in
+between (then only the all-or-nothing rule is checked).
 
 After each batch check() is sound, and freeing everything gives back the heap's initial
 largest free block with no live block left.
 
 Ops are drawn as 32-bit ints (one hypothesis choice each, so cheap to draw) and decoded
-here into readable tuples; a failing sequence is shrunk by dropping chunks of ops (shrink)
-and shown as its tuples, ready for REGRESSIONS at the end. Profiles per target are in
-PROFILES; env: KMEM_FUZZ_LONG=1 the long run (what `make fuzz` runs, with progress and
-fresh random sequences each time), KMEM_FUZZ_EXAMPLES=N the number of sequences."""
+here into readable tuples (the same ints always give the same tuples); a failing sequence
+is shrunk by dropping chunks of ops (shrink) and shown as its tuples, ready for
+REGRESSIONS at the end. Profiles per target are in PROFILES; env: KMEM_FUZZ_LONG=1 the
+long run (what `make fuzz` runs, with progress and fresh random sequences each time),
+KMEM_FUZZ_EXAMPLES=N the number of sequences."""
 import base64
 import bisect
 import collections
@@ -52,7 +57,14 @@ PROFILES = {
 }
 HARDENED_SHARE = 4  # a hardened heap gets a quarter of the sequences (its calls are slower)
 TAIL = 5  # the bytes a hardened heap adds to each request (firmware/kmem/harden.py)
-SMALL_HEAP = 150000  # below this the board's MicroPython heap is too small (ESP32): skipped
+# A MicroPython heap below SMALL_HEAP (an ESP32's 110 KiB: ~30 KB free beside kmem and the
+# prelude's 32 KiB arena; a batch of 800 ops then ran out of it) gets its own arena of
+# SMALL_ARENA bytes (the prelude's is let go) and sequences of SMALL_LENGTHS ops, at most as
+# many as its kind's profile says or SMALL_EXAMPLES (for make test, for KMEM_FUZZ_LONG=1).
+SMALL_HEAP = 150000
+SMALL_ARENA = 16384
+SMALL_LENGTHS = (250, 350)
+SMALL_EXAMPLES = (100, 1000)
 
 # ---- ops: drawn as ints, decoded into tuples ------------------------------------------
 
@@ -62,7 +74,8 @@ VM_KINDS = ("mm_create", "mm_destroy", "mmap", "munmap", "mprotect", "brk", "fin
 KINDS = ALLOC_KINDS + VM_KINDS
 # The low 5 bits of a drawn int pick the kind: half allocator, half address spaces. The two
 # "vmas" slots are an mm_destroy a quarter of the time, so that mms live long enough to
-# gather areas; vm calls take one of the 4 oldest live mms.
+# gather areas; vm calls take one of the 4 oldest live mms (an aimed munmap or mprotect,
+# see decode, the first from there on that has an area).
 SLOTS = (["malloc"] * 4 + ["zalloc"] * 2 + ["free"] * 4 + ["realloc"] * 3 + ["memset", "stack",
          "free_stack"] + ["mm_create", "brk", "find_vma", "access_ok"] + ["vmas"] * 2
          + ["mmap"] * 5 + ["munmap"] * 2 + ["mprotect"] * 3)
@@ -113,8 +126,46 @@ def alloc_size(y):
     return lo + y // 3 % (hi - lo + 1)
 
 
-def decode(x):
-    """The op a drawn 32-bit int stands for, as a tuple (kind, args...)."""
+def codable(start, size):
+    """Can the range travel to the target (see code(); a length must be below 0x800000)?"""
+    return 0 <= size < 0x800000 and (0 <= start < 0x800000 or 0xFF800000 <= start < 1 << 32)
+
+
+def aimed(areas, shape, a, n, q):
+    """A (start, length) on or across `areas` (an mm's, as the model has them when the op
+    comes), from a shape (0-7) and 8 + 8 + 4 bits, or None (no area, or a range that cannot
+    travel). The shapes: one whole area; its first or its last pages; pages inside it; from
+    inside it to the end of, or into, the area right after it (across a boundary: the first
+    such pair from it on, else the first; with none, to its own end); from inside it into
+    the next area (across a hole if there is one; past the last area, into the hole after
+    it); one page before it to its end, or all the mm's areas. A quarter of the lengths end
+    256 bytes short of a page (the target rounds them up)."""
+    if not areas:
+        return None
+    i, p = a % len(areas), n >> 3
+    if shape in (4, 5):  # across a boundary between two adjacent areas
+        pairs = [k for k in range(len(areas) - 1) if areas[k][1] == areas[k + 1][0]]
+        i = next((k for k in pairs if k >= i), pairs[0] if pairs else i)
+    s, e, _ = areas[i]
+    pages = (e - s) // PAGE_SIZE
+    nxt = areas[i + 1] if i + 1 < len(areas) else (e + PAGE_SIZE * (1 + q % 4),) * 2
+    if shape in (4, 5) and nxt[0] != e:  # no two adjacent areas: from inside it to its end
+        nxt = (e, e)
+    inside = s + p % pages * PAGE_SIZE
+    into = nxt[0] + PAGE_SIZE * (1 + q % 2)
+    start, end = [(s, e), (s, s + (1 + p % pages) * PAGE_SIZE),
+                  (e - (1 + p % pages) * PAGE_SIZE, e),
+                  (inside, min(e, inside + (1 + q) * PAGE_SIZE)), (inside, nxt[1]),
+                  (inside, min(into, nxt[1])), (inside, into),
+                  (s - PAGE_SIZE, e) if p & 1 else (areas[0][0], areas[-1][1])][shape]
+    size = end - start - (0x100 if a >> 6 == 3 else 0)
+    return (start, size) if codable(start, size) else None
+
+
+def decode(x, spaces=()):
+    """The op a drawn 32-bit int stands for, as a tuple (kind, args...). `spaces`: the
+    model's live mms at that point of the sequence (see decode_all), at which most munmap
+    and mprotect ranges are aimed."""
     kind, y = SLOTS[x & 31], x >> 5
     if kind in ("malloc", "zalloc"):
         return (kind, alloc_size(y))
@@ -131,10 +182,50 @@ def decode(x):
         return ("mm_destroy" if f < 4 else kind, m)
     if kind in ("brk", "find_vma"):
         return (kind, m, address(a))
+    rng = (address(a), length(n))
+    # A hash of the int (hypothesis favours some ints, e.g. small ones and all ones) aims 3/4
+    # of the munmap and mprotect ranges, when an mm has an area, picks the range's shape and
+    # spreads mprotect's flags.
+    h = (x * 2654435761 & 0xFFFFFFFF) >> 25
+    if kind in ("munmap", "mprotect") and h >> 3 >= 4:
+        # at the first mm from the m-th on that has an area (the op then names that one)
+        full = [j for j in range(len(spaces)) if spaces[j].areas]
+        if full:
+            j = next((j for j in full if j >= m % len(spaces)), full[0])
+            r = aimed(spaces[j].areas, h & 7, a, n, y >> 22 & 15)
+            if r and j < 256:  # the selector travels as one byte
+                m, rng = j, r
     if kind == "munmap":
-        return (kind, m, address(a), length(n))
+        return (kind, m) + rng
+    if kind == "mprotect":
+        f = (f + (h >> 3)) & 15
     flags = {"mmap": MAP_FLAGS, "mprotect": PROT_FLAGS, "access_ok": ACCESS_FLAGS}[kind][f]
-    return (kind, m, address(a), length(n), flags)
+    return (kind, m) + rng + (flags,)
+
+
+def decode_all(drawn):
+    """The ops drawn ints stand for, in order; the same ints give the same ops. It follows
+    the sequence with one model AddressSpace per mm, as the runner picks them (an op takes
+    the live mm its index modulo their number gives), assuming every mm_create and every
+    vm_area_struct finds room (when the target runs short, an aimed range may miss: it is
+    still a valid op, and the replay checks it against the model as any other)."""
+    ops, spaces = [], []
+    for x in drawn:
+        op = decode(x, spaces)
+        ops.append(op)
+        kind, args = op[0], [int(v) for v in op[1:]]
+        if kind == "mm_create":
+            spaces.append(AddressSpace(start_heap=args[0]))
+        elif kind in VM_KINDS and spaces:
+            j = args[0] % len(spaces)
+            if kind == "mm_destroy":
+                del spaces[j]
+            elif kind in ("mmap", "munmap", "mprotect", "brk"):
+                try:
+                    getattr(spaces[j], {"mmap": "mmap_region"}.get(kind, kind))(*args[1:])
+                except (ValueError, OSError):
+                    pass
+    return ops
 
 
 def code(value):
@@ -177,6 +268,7 @@ def encode(ops):
 # i-th live mm, and says which it took, so that the host can follow. A board keeps it
 # defined between the batches of a test (see run_batch).
 RUNNER = """
+import gc
 import micropython
 from kmem import tlsf
 @micropython.viper
@@ -192,10 +284,12 @@ def _fuzz_addr(c):
 def fuzz_batch(OPS, hardened):
     try:  # a batch that failed may have left blocks behind: start afresh
         fresh = check() and not stats()['live_blocks'] and heap().hardened == hardened
+        fresh = fresh and heap().size == ARENA_SIZE  # (the prelude's may be bigger)
     except Exception:
         fresh = False
     if not fresh:
         init(ARENA_SIZE, hardened=hardened)
+        gc.collect()  # the old arena's bytearray is garbage now
     h = heap()
     A, base = h.arena, h.base
     def intact(p, n, byte):
@@ -314,6 +408,15 @@ def fuzz_batch(OPS, hardened):
 """
 
 
+def small_heap(target):
+    return (target.profile.get("heap_size") or 1 << 30) < SMALL_HEAP
+
+
+def fuzz_arena(target):
+    """The kmem arena the fuzz runs in (fuzz_batch makes it if the heap is another size)."""
+    return SMALL_ARENA if small_heap(target) else target.profile["arena_size"]
+
+
 def run_batch(target, ops, hardened=False):
     """Run the ops on the target in one round trip; the lines it printed.
 
@@ -332,7 +435,7 @@ def run_batch(target, ops, hardened=False):
                         "else: print('@@undefined')\n" % hardened)
         if not out.startswith("@@undefined"):
             return out.splitlines()
-    runner = RUNNER.replace("ARENA_SIZE", str(target.profile["arena_size"]))
+    runner = RUNNER.replace("ARENA_SIZE", str(fuzz_arena(target)))
     return bare.exec(target.prelude + runner + call
                      + "fuzz_batch(OPS, %r)\n" % hardened).splitlines()
 
@@ -449,6 +552,7 @@ class Replay:
             kind == "brk" and status == "ok" and value != [op[2]])
         space.room = lambda wanted: struct_room(room, wanted, not oom, self.tail)
         args = op[2:]
+        before = list(space.areas)
         try:
             if kind == "mm_destroy":
                 del self.mms[j]
@@ -461,6 +565,9 @@ class Replay:
         except OSError as e:
             expect = ["OSError", e.errno]
         assert [status] + value == expect, ("the vm model says", expect)
+        if kind in ("munmap", "mprotect"):  # how often they succeed and change the areas
+            self.kinds[kind + " ok"] += status == "ok"
+            self.kinds[kind + " changed"] += space.areas != before
 
     def end(self, tail):
         assert tail[0] == ["@@end", True], ("check() after the batch", tail[0])
@@ -484,14 +591,7 @@ def fuzz_count():
         print("  " + ", ".join("%s %d" % kv for kv in sorted(count["kinds"].items())))
 
 
-def skip_small_heaps(target):
-    if (target.profile.get("heap_size") or 1 << 30) < SMALL_HEAP:
-        pytest.skip("a sequence needs more MicroPython heap than this %d-byte profile leaves "
-                    "(fuzzed on the 192 KiB targets)" % target.profile["heap_size"])
-
-
 def check_against_the_models(target, ops, fuzz_count=None, hardened=False):
-    skip_small_heaps(target)
     lines = run_batch(target, ops, hardened)
     replay = Replay(TAIL if hardened else 0)
     for name, (op, line) in enumerate(zip(ops, lines)):
@@ -541,9 +641,10 @@ def shrink(target, ops, hardened=False):
 
 @pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
 def test_kmem_matches_its_models(target, fuzz_count, hardened):
-    skip_small_heaps(target)
     long = bool(os.environ.get("KMEM_FUZZ_LONG"))
     examples, shortest, longest = PROFILES.get(target.kind, PROFILES["port"])[long]
+    if small_heap(target):
+        examples, (shortest, longest) = min(examples, SMALL_EXAMPLES[long]), SMALL_LENGTHS
     examples = int(os.environ.get("KMEM_FUZZ_EXAMPLES", "0")) or examples
     if hardened:
         examples = max(1, examples // HARDENED_SHARE)
@@ -553,7 +654,7 @@ def test_kmem_matches_its_models(target, fuzz_count, hardened):
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))  # pyright: ignore[reportArgumentType]
     @given(st.lists(st.integers(0, 0xFFFFFFFF), min_size=shortest, max_size=longest))
     def sequences(drawn):
-        ops = [decode(x) for x in drawn]
+        ops = decode_all(drawn)
         if failure(target, ops, fuzz_count, hardened) is None:
             return
         ops = shrink(target, ops, hardened)
