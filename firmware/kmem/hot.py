@@ -7,8 +7,9 @@ import micropython
 from micropython import const
 
 #@use layout()
-# The arena layout and block format (tlsf.py's opening comment), shared by tlsf.py and
-# hot.py: micropython.const values are folded at compile time only within their module.
+# The arena layout and block format (tlsf.py's opening comment), shared by tlsf.py,
+# hot.py and linkfault.py: micropython.const values are folded at compile time only
+# within their module.
 MIN_BLOCK = const(16)
 HEADER = const(4)
 STACK_CANARY = const(0x157AC6E9)  # small int on 32-bit ports, fits viper

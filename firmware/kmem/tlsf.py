@@ -62,8 +62,9 @@ KIND_VMA = const(3)
 KIND_NAMES = ("kmalloc block", "kernel stack", "mm_struct", "vm_area_struct")
 
 #@use layout()
-# The arena layout and block format (tlsf.py's opening comment), shared by tlsf.py and
-# hot.py: micropython.const values are folded at compile time only within their module.
+# The arena layout and block format (tlsf.py's opening comment), shared by tlsf.py,
+# hot.py and linkfault.py: micropython.const values are folded at compile time only
+# within their module.
 MIN_BLOCK = const(16)
 HEADER = const(4)
 STACK_CANARY = const(0x157AC6E9)  # small int on 32-bit ports, fits viper
@@ -335,8 +336,7 @@ def fault(arena, base, addr, what, loop=True):
             from .linkfault import name_link  # only now: nothing else needs it
         except MemoryError:  # no room to look closer: the place the check found
             _corrupt(addr, what)
-        name_link(arena, base, (addr - base) & 0xFFFFFFFF, what == _BAD_HEAD, loop,
-                  (_W_FIRST, _W_END, _W_GSHIFT, _W_HEADS, _W_FLCOUNT, _W_SECRET))
+        name_link(arena, base, (addr - base) & 0xFFFFFFFF, what == _BAD_HEAD, loop)
     if loop:
         _corrupt(addr, what)
 
